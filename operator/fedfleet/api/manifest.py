@@ -1,0 +1,152 @@
+"""Reading a FederatedJob manifest from YAML, with one-line errors that name the field and the rule.
+
+Messages read `spec.path.to.field: rule (got value)`, prefixed with the manifest's source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from fedfleet.api.federatedjob import KIND, FederatedJob, SpecError
+
+_MAX_SHOWN = 60  # characters of an offending value quoted in a message; the message stays one line
+
+
+class ManifestError(Exception):
+    """The manifest can never be run as written. The message is one line meant for the user."""
+
+
+def load_job(path: str | Path) -> FederatedJob:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return parse_job(text, source=str(path))
+
+
+def parse_job(text: str, source: str = "<manifest>") -> FederatedJob:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ManifestError(f"{source}: YAML syntax error{where}: {problem}") from None
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if not jobs:
+        kinds = [d.get("kind") for d in docs if isinstance(d, dict)]
+        if kinds:
+            # The likeliest mistake is a misspelt or wrong kind: name the field, not just the count.
+            raise ManifestError(f"{source}: kind: must be {KIND} (got {_shown(kinds[0])})")
+        raise ManifestError(f"{source}: expected one document of kind {KIND}, found none")
+    if len(jobs) > 1:
+        raise ManifestError(f"{source}: expected exactly one document of kind {KIND}, found {len(jobs)}")
+    return job_from_object(jobs[0], source)
+
+
+def job_from_object(obj: dict[str, Any], source: str = "<manifest>") -> FederatedJob:
+    try:
+        # Manifests use the wire names only (camelCase), as the API server does: a snake_case key that the
+        # local runtime accepted would be pruned by the cluster, and the two would run different jobs.
+        return FederatedJob.model_validate(obj, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise ManifestError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem as `field.path: rule (got value)`; the count of any others is appended."""
+    errors = exc.errors(include_url=False)
+    text = _describe(errors[0])
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _describe(error: ErrorDetails) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    ctx_error = ctx.get("error")
+    if isinstance(ctx_error, SpecError):
+        # A cross-field rule: name the field it is about, below the model that checked it.
+        field = f"{loc}.{ctx_error.field}" if loc else ctx_error.field
+        got = _lookup(error["input"], ctx_error.field.split("."))
+        return f"{field}: {ctx_error.rule}" + (f" (got {_shown(got)})" if got is not _ABSENT else "")
+    if kind == "extra_forbidden":
+        hint = _did_you_mean(error["loc"])
+        return f"{loc}: unknown field{hint}"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    if kind in _BOUND_RULES:
+        ctx_key, words = _BOUND_RULES[kind]
+        rule = f"{words} {_number(ctx[ctx_key])}"
+    elif kind in ("enum", "literal_error"):
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        if len(allowed) == 1:
+            rule = f"must be {allowed[0]}"
+        else:
+            rule = f"must be one of {', '.join(allowed)}" if allowed else _lower_first(error["msg"])
+    else:
+        rule = _lower_first(error["msg"])
+    return f"{loc}: {rule} (got {_shown(error['input'])})"
+
+
+# pydantic's bound errors, as (the ctx key holding the bound, the rule in words).
+_BOUND_RULES = {
+    "greater_than": ("gt", "must be greater than"),
+    "greater_than_equal": ("ge", "must be at least"),
+    "less_than": ("lt", "must be less than"),
+    "less_than_equal": ("le", "must be at most"),
+}
+_ABSENT = object()  # a field the manifest does not set (its value may legitimately be None)
+
+
+def _lookup(obj: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return _ABSENT
+        obj = obj[key]
+    return obj
+
+
+def _did_you_mean(loc: Sequence[int | str]) -> str:
+    """` (did you mean X?)` when the unknown key is close to a field of the model at that place."""
+    model: type[BaseModel] | None = FederatedJob
+    for part in loc[:-1]:
+        fields = model.model_fields.items() if model is not None else ()
+        annotation = next((f.annotation for name, f in fields if part in (f.alias, name)), None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    wire_names = {name: f.alias or name for name, f in model.model_fields.items()}
+    if loc[-1] in wire_names:  # the Python (snake_case) name of a field
+        return f" (did you mean {wire_names[str(loc[-1])]}?)"
+    known = list(wire_names.values())
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _number(bound: Any) -> str:
+    """A bound as written in the model: `0`, not pydantic's `0.0` for a float field's `gt=0`."""
+    if isinstance(bound, float) and bound.is_integer() and abs(bound) < 1e15:
+        return str(int(bound))
+    return str(bound)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _lower_first(msg: str) -> str:
+    return msg[:1].lower() + msg[1:]

@@ -1,0 +1,1 @@
+"""Crash-safe persistence: atomic files and checkpoints."""

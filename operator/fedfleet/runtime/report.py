@@ -1,0 +1,88 @@
+"""The end-of-run report: a summary for the terminal and summary.json, and a PNG plot of the rounds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedfleet.persist.atomic import atomic_write_text, atomic_writer
+from fedfleet.runtime.records import RoundRecord
+
+
+def summarize(records: Sequence[RoundRecord], job_name: str, totals: dict[str, Any]) -> dict[str, Any]:
+    evaluated = [r for r in records if r.accuracy is not None]
+    final = evaluated[-1] if evaluated else None
+    best = max(evaluated, key=lambda r: r.accuracy or 0.0) if evaluated else None
+    invited = sum(r.invited for r in records)
+    return {
+        "job": job_name,
+        "rounds": len(records),
+        "rounds_failed": sum(1 for r in records if not r.succeeded),
+        "final_accuracy": final.accuracy if final else None,
+        "final_loss": final.loss if final else None,
+        "best_accuracy": best.accuracy if best else None,
+        "best_round": best.round if best else None,
+        "participants": sum(r.participants for r in records),
+        "dropped": sum(r.dropped for r in records),
+        "late": sum(r.late for r in records),
+        "rejected": sum(r.rejected for r in records),
+        "churn_rate": (sum(r.dropped + r.late for r in records) / invited) if invited else 0.0,
+        "bytes_sent": sum(r.bytes_sent for r in records),
+        "bytes_received": sum(r.bytes_received for r in records),
+        "wall_seconds": round(sum(r.wall_seconds for r in records), 2),
+        "totals": totals,
+    }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    return (
+        f"job {summary['job']}: {summary['rounds']} rounds ({summary['rounds_failed']} failed), "
+        f"final accuracy {pct(summary['final_accuracy'])}, best {pct(summary['best_accuracy'])}"
+        f" at round {summary['best_round']}; participants {summary['participants']}, dropped {summary['dropped']},"
+        f" late {summary['late']}, churn {100 * summary['churn_rate']:.1f}%;"
+        f" {summary['bytes_received'] / 1e6:.1f} MB up, {summary['bytes_sent'] / 1e6:.1f} MB down;"
+        f" {summary['wall_seconds']:.1f}s"
+    )
+
+
+def plot_rounds(path: Path, records: Sequence[RoundRecord], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    rounds = [r.round for r in records]
+    fig, (acc_ax, part_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
+    evaluated = [(r.round, r.accuracy) for r in records if r.accuracy is not None]
+    if evaluated:
+        acc_ax.plot([e[0] for e in evaluated], [100 * (e[1] or 0) for e in evaluated], label="server test split")
+    federated = [(r.round, r.federated_accuracy) for r in records if r.federated_accuracy is not None]
+    if federated:
+        acc_ax.plot([f[0] for f in federated], [100 * (f[1] or 0) for f in federated], "o", label="federated")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_title(title)
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend(loc="lower right")
+
+    completed = [r.participants for r in records]
+    dropped = [r.dropped for r in records]
+    late = [r.late for r in records]
+    part_ax.bar(rounds, completed, label="aggregated", color="tab:green")
+    part_ax.bar(rounds, late, bottom=completed, label="late", color="tab:orange")
+    part_ax.bar(rounds, dropped, bottom=[c + lt for c, lt in zip(completed, late, strict=True)], label="dropped",
+                color="tab:red")
+    part_ax.set_xlabel("round")
+    part_ax.set_ylabel("devices")
+    part_ax.legend(loc="upper right")
+    with atomic_writer(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""The rules of one training round, whatever the transport."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedfleet.engine.round import RoundConfig, TrainingRound, UpdateRejected
+from fedfleet.engine.types import ModelUpdate, Outcome, RejectReason
+from fedfleet.strategies.fedavg import FedAvg
+
+DIM = 8
+
+
+def make_round(cohort: tuple[str, ...] = ("a", "b", "c", "d"), target: int = 3, minimum: int = 2) -> TrainingRound:
+    config = RoundConfig(
+        number=5,
+        cohort=cohort,
+        target_reports=target,
+        min_reports=minimum,
+        deadline=100.0,
+        dim=DIM,
+        max_update_bytes=DIM * 4,
+    )
+    return TrainingRound(config, FedAvg())
+
+
+def update(device: str, value: float, n: int = 10, round_number: int = 5) -> ModelUpdate:
+    return ModelUpdate(device, round_number, n, np.full(DIM, value, dtype=np.float32), train_loss=1.0)
+
+
+def test_weighted_average_of_accepted_updates() -> None:
+    r = make_round()
+    assert r.submit(update("a", 1.0, n=10), now=1) == Outcome.COMPLETED
+    assert r.submit(update("b", 4.0, n=30), now=2) == Outcome.COMPLETED
+    result = r.close()
+    assert result.succeeded
+    assert result.aggregate is not None
+    np.testing.assert_allclose(result.aggregate, np.full(DIM, (10 * 1 + 30 * 4) / 40))
+    assert result.outcomes == {
+        "a": Outcome.COMPLETED,
+        "b": Outcome.COMPLETED,
+        "c": Outcome.DROPPED,
+        "d": Outcome.DROPPED,
+    }
+
+
+def test_reports_after_target_or_deadline_are_late_and_discarded() -> None:
+    r = make_round(target=2)
+    r.submit(update("a", 1.0), now=1)
+    r.submit(update("b", 1.0), now=2)
+    assert r.is_full
+    assert r.submit(update("c", 100.0), now=3) == Outcome.LATE
+    assert make_round().submit(update("d", 1.0), now=101) == Outcome.LATE
+    result = r.close()
+    assert result.aggregate is not None
+    np.testing.assert_allclose(result.aggregate, 1.0)
+    assert result.count(Outcome.LATE) == 1
+    assert result.bytes_received == 3 * DIM * 4
+
+
+def test_round_fails_below_min_reports() -> None:
+    r = make_round(minimum=2)
+    r.submit(update("a", 1.0), now=1)
+    result = r.close()
+    assert not result.succeeded
+    assert result.failure is not None and "1 of the 2" in result.failure
+
+
+BAD_UPDATES = [
+    (update("zz", 1.0), RejectReason.NOT_IN_COHORT, "not in round 5's cohort"),
+    (update("a", 1.0, round_number=4), RejectReason.WRONG_ROUND, "round 4, the current round is 5"),
+    (update("a", 1.0, round_number=6), RejectReason.WRONG_ROUND, "round 6"),
+    (ModelUpdate("a", 5, 10, np.ones(DIM, dtype=np.float64)), RejectReason.TOO_LARGE, "limit is 32"),
+    (ModelUpdate("a", 5, 10, np.ones(DIM, dtype=np.int32)), RejectReason.DTYPE, "expected float32"),
+    (ModelUpdate("a", 5, 10, np.ones(DIM - 1, dtype=np.float32)), RejectReason.SHAPE, "expected (8,)"),
+    (ModelUpdate("a", 5, 10, np.ones((2, 4), dtype=np.float32)), RejectReason.SHAPE, "expected (8,)"),
+    (ModelUpdate("a", 5, 0, np.ones(DIM, dtype=np.float32)), RejectReason.BAD_WEIGHT, "num_examples"),
+    (update("a", float("nan")), RejectReason.NON_FINITE, "NaN or Inf"),
+    (update("a", float("inf")), RejectReason.NON_FINITE, "NaN or Inf"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason", "message"), BAD_UPDATES)
+def test_rejected_update_leaves_the_round_unchanged(bad: ModelUpdate, reason: RejectReason, message: str) -> None:
+    clean, dirty = make_round(), make_round()
+    for r in (clean, dirty):
+        r.submit(update("b", 2.0), now=1)
+    with pytest.raises(UpdateRejected) as info:
+        dirty.submit(bad, now=2)
+    assert info.value.reason == reason
+    assert message in info.value.message
+    # the device can still send a good update, and the result equals the round that never saw the bad one
+    for r in (clean, dirty):
+        r.submit(update("a", 1.0), now=3)
+    a, b = clean.close(), dirty.close()
+    assert a.aggregate is not None and b.aggregate is not None
+    np.testing.assert_array_equal(a.aggregate, b.aggregate)
+    assert a.outcomes == b.outcomes
+    assert b.rejected_reasons == {reason: 1}
+
+
+def test_replayed_update_is_rejected() -> None:
+    r = make_round()
+    r.submit(update("a", 1.0), now=1)
+    with pytest.raises(UpdateRejected) as info:
+        r.submit(update("a", 50.0), now=2)
+    assert info.value.reason == RejectReason.DUPLICATE
+    r.submit(update("b", 1.0), now=3)
+    result = r.close()
+    assert result.aggregate is not None
+    np.testing.assert_allclose(result.aggregate, 1.0)
+
+
+def test_device_that_only_sent_bad_updates_ends_rejected() -> None:
+    r = make_round()
+    with pytest.raises(UpdateRejected):
+        r.submit(update("c", float("nan")), now=1)
+    r.submit(update("a", 1.0), now=1)
+    r.submit(update("b", 1.0), now=1)
+    assert r.close().outcomes["c"] == Outcome.REJECTED
+
+
+def test_close_is_idempotent_and_late_after_close() -> None:
+    r = make_round()
+    r.submit(update("a", 1.0), now=1)
+    r.submit(update("b", 1.0), now=1)
+    first = r.close()
+    assert r.submit(update("c", 9.0), now=2) == Outcome.LATE
+    assert r.close() is first
