@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+PY_PATHS := $(wildcard operator tests benchmarks e2e)
 
 .PHONY: venv demo test lint typecheck importlint unit crds check-crds bench clean
 
@@ -18,8 +19,8 @@ demo: venv
 test: venv lint typecheck importlint unit
 
 lint: venv
-	$(BIN)/ruff check operator tests benchmarks e2e
-	$(BIN)/ruff format --check operator tests benchmarks e2e
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
 
 typecheck: venv
 	$(BIN)/mypy
