@@ -11,8 +11,9 @@ from fedfleet.runtime.records import RoundRecord
 
 class RoundProgress:
     def __init__(self, total: int, done: int = 0, enabled: bool = True) -> None:
-        self._bar = tqdm(total=total, initial=done, unit="round", disable=not enabled, file=sys.stderr,
-                         dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total, initial=done, unit="round", disable=not enabled, file=sys.stderr, dynamic_ncols=True
+        )
 
     def update(self, record: RoundRecord) -> None:
         postfix = {"devices": f"{record.participants}/{record.invited}"}

@@ -78,8 +78,13 @@ def plot_rounds(path: Path, records: Sequence[RoundRecord], title: str) -> None:
     late = [r.late for r in records]
     part_ax.bar(rounds, completed, label="aggregated", color="tab:green")
     part_ax.bar(rounds, late, bottom=completed, label="late", color="tab:orange")
-    part_ax.bar(rounds, dropped, bottom=[c + lt for c, lt in zip(completed, late, strict=True)], label="dropped",
-                color="tab:red")
+    part_ax.bar(
+        rounds,
+        dropped,
+        bottom=[c + lt for c, lt in zip(completed, late, strict=True)],
+        label="dropped",
+        color="tab:red",
+    )
     part_ax.set_xlabel("round")
     part_ax.set_ylabel("devices")
     part_ax.legend(loc="upper right")
