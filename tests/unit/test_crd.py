@@ -277,6 +277,8 @@ def _expected_node(field: FieldInfo) -> dict[str, Any]:
         expected.update(type="string", enum=list(typing.get_args(annotation)))
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         expected.update(type="string", enum=[m.value for m in annotation])
+    elif annotation is bool:  # before int: bool is a subclass of int
+        expected["type"] = "boolean"
     elif annotation is int:
         expected["type"] = "integer"
     elif annotation is float:

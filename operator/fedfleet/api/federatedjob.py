@@ -47,6 +47,10 @@ class Strategy(StrEnum):
     NORM_BOUNDING = "normBounding"
 
 
+#: Strategies that look at each update on its own, so they cannot work on a masked or noised sum.
+INDIVIDUAL_UPDATE_STRATEGIES = frozenset({Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM})
+
+
 class ModelSpec(SpecModel):
     architecture: Literal["2nn", "cnn", "logistic"] = Field(
         "2nn", description="2nn and cnn are the MNIST models of McMahan et al. 2017; logistic is softmax regression."
@@ -173,6 +177,54 @@ class SimulationSpec(SpecModel):
     byzantine: ByzantineSpec = Field(default_factory=ByzantineSpec)
 
 
+class DifferentialPrivacySpec(SpecModel):
+    """Device-level DP (DP-FedAvg, McMahan et al. 2018): each device's whole update is the protected unit."""
+
+    mode: Literal["off", "central", "distributed"] = Field(
+        "off",
+        description="central: the server clips updates and adds Gaussian noise to their sum; distributed: each "
+        "device adds its share of discrete Gaussian noise so the server never sees an un-noised sum "
+        "(needs secureAggregation).",
+    )
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="C: every update is clipped to this L2 norm.")
+    adaptive_clipping: bool = Field(
+        False, description="Adapt C towards the targetQuantile of update norms (Andrew et al. 2021)."
+    )
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="Adaptive clipping: the norm quantile C tracks.")
+    clip_learning_rate: float = Field(0.2, gt=0, le=10, description="Adaptive clipping: geometric step of C.")
+    noise_multiplier: float | None = Field(
+        None, ge=0, le=1e4, description="z = σ/C. Leave unset to calibrate it from targetEpsilon over all rounds."
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0, le=1e4, description="ε the job may spend in total; the job stops before exceeding it."
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee.")
+
+
+class SecureAggregationSpec(SpecModel):
+    """Bonawitz et al. 2017 with the sparse neighbour graph of SecAgg+ (Bell et al. 2020)."""
+
+    enabled: bool = Field(False, description="The server learns only the sum of the cohort's updates.")
+    neighbours: int | None = Field(
+        None, ge=2, le=10000, description="k, neighbours per device; default O(log n), full graph when small."
+    )
+    threshold_fraction: float = Field(
+        0.6, gt=0.5, le=1, description="Share of a neighbourhood that must survive for its masks to be removed."
+    )
+    quantization_bits: int = Field(20, ge=8, le=32, description="Fixed-point bits per coordinate.")
+    clip_range: float = Field(
+        1.0, gt=0, le=1e6, description="Coordinates are clipped to [-clipRange, clipRange] before quantization."
+    )
+
+
+class PrivacySpec(SpecModel):
+    differential_privacy: DifferentialPrivacySpec = Field(default_factory=DifferentialPrivacySpec)
+    secure_aggregation: SecureAggregationSpec = Field(default_factory=SecureAggregationSpec)
+    device_epsilon_budget: float | None = Field(
+        None, gt=0, le=1e4, description="Lifetime ε per device across jobs; devices at budget are not selected."
+    )
+
+
 class FederatedJobSpec(SpecModel):
     rounds: int = Field(
         ..., ge=1, le=100000, description="Training rounds to run; a failed round leaves the model unchanged."
@@ -184,6 +236,7 @@ class FederatedJobSpec(SpecModel):
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:
@@ -210,7 +263,33 @@ class FederatedJobSpec(SpecModel):
                     "aggregation.multiKrumSelect",
                     f"must be at most the reports of a round ({cohort.effective_min_reports})",
                 )
+        self._privacy_rules()
         return self
+
+    def _privacy_rules(self) -> None:
+        dp, secagg = self.privacy.differential_privacy, self.privacy.secure_aggregation
+        strategy = self.aggregation.strategy
+        if secagg.enabled and strategy in INDIVIDUAL_UPDATE_STRATEGIES:
+            raise SpecError(
+                "aggregation.strategy",
+                f"{strategy} needs every device's individual update, but secure aggregation reveals only their sum;"
+                " use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox or normBounding",
+            )
+        if dp.mode == "distributed" and not secagg.enabled:
+            raise SpecError(
+                "privacy.differentialPrivacy.mode",
+                "distributed noise only protects devices when privacy.secureAggregation.enabled is true",
+            )
+        if dp.mode != "off" and strategy in INDIVIDUAL_UPDATE_STRATEGIES:
+            raise SpecError(
+                "aggregation.strategy",
+                f"differential privacy is calibrated for a clipped sum of updates; {strategy} is not one",
+            )
+        if dp.mode != "off" and dp.noise_multiplier is None and dp.target_epsilon is None:
+            raise SpecError(
+                "privacy.differentialPrivacy.noiseMultiplier",
+                "set noiseMultiplier, or targetEpsilon to calibrate it from",
+            )
 
     @property
     def proximal_mu(self) -> float:
