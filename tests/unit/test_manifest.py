@@ -216,3 +216,33 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_job_model_is_what_parse_returns() -> None:
     assert isinstance(parse_job(_job("rounds: 1")), FederatedJob)
+
+
+# --- privacy combinations that cannot work ------------------------------------------------------------
+
+
+def test_secure_aggregation_refuses_rules_that_need_individual_updates() -> None:
+    message = _error(_job("rounds: 3\naggregation: {strategy: median}\nprivacy: {secureAggregation: {enabled: true}}"))
+    assert message.startswith("spec.aggregation.strategy: median needs every device's individual update")
+
+
+def test_distributed_noise_needs_secure_aggregation() -> None:
+    message = _error(_job("rounds: 3\nprivacy: {differentialPrivacy: {mode: distributed, noiseMultiplier: 1.0}}"))
+    assert message.startswith("spec.privacy.differentialPrivacy.mode: distributed noise only protects devices")
+
+
+def test_dp_needs_a_noise_multiplier_or_a_target_epsilon() -> None:
+    message = _error(_job("rounds: 3\nprivacy: {differentialPrivacy: {mode: central}}"))
+    assert message.startswith("spec.privacy.differentialPrivacy.noiseMultiplier: set noiseMultiplier")
+
+
+def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
+    job = parse_job(
+        _job(
+            "rounds: 3\naggregation: {strategy: fedadam}\nprivacy:\n"
+            "  secureAggregation: {enabled: true}\n"
+            "  differentialPrivacy: {mode: distributed, targetEpsilon: 4.0}"
+        )
+    )
+    assert job.spec.privacy.secure_aggregation.enabled
+    assert job.spec.privacy.differential_privacy.target_epsilon == 4.0
