@@ -128,3 +128,35 @@ def test_close_is_idempotent_and_late_after_close() -> None:
     first = r.close()
     assert r.submit(update("c", 9.0), now=2) == Outcome.LATE
     assert r.close() is first
+
+
+def test_an_overflowing_aggregate_fails_the_round_and_keeps_the_model() -> None:
+    from fedfleet.api.federatedjob import FederatedJobSpec
+    from fedfleet.engine.server import FederatedServer
+
+    spec = FederatedJobSpec.model_validate(
+        {
+            "rounds": 3,
+            "cohort": {"clientsPerRound": 2},
+            "simulation": {"devices": 2},
+            "aggregation": {"strategy": "fedavgm"},
+        }
+    )
+    server = FederatedServer(spec, np.zeros(DIM, dtype=np.float32))
+    training_round = server.start_round(["a", "b"], now=0.0)
+    big = np.full(DIM, 3e38, dtype=np.float32)  # finite, and so is their mean: the first step succeeds ...
+    training_round.submit(ModelUpdate("a", 1, 1, big), now=1)
+    training_round.submit(ModelUpdate("b", 1, 5, big), now=1)
+    assert server.finish_round(training_round).succeeded
+    np.testing.assert_array_equal(server.weights, big)
+    before = server.optimizer.state_dict()
+
+    training_round = server.start_round(["a", "b"], now=0.0)  # ... but a second one would overflow float32
+    training_round.submit(ModelUpdate("a", 2, 1, big), now=1)
+    training_round.submit(ModelUpdate("b", 2, 5, big), now=1)
+    result = server.finish_round(training_round)
+    assert not result.succeeded and result.failure is not None and "non-finite" in result.failure
+    np.testing.assert_array_equal(server.weights, big)
+    assert server.round == 2 and server.totals.rounds_failed == 1
+    after = server.optimizer.state_dict()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)

@@ -245,7 +245,7 @@ class FederatedJobSpec(SpecModel):
             raise SpecError("cohort.minReports", f"must be at most cohort.clientsPerRound ({cohort.clients_per_round})")
         if cohort.clients_per_round > self.simulation.devices:
             raise SpecError("cohort.clientsPerRound", f"must be at most simulation.devices ({self.simulation.devices})")
-        if self.evaluation.federated_clients > self.simulation.devices:
+        if self.evaluation.federated_every > 0 and self.evaluation.federated_clients > self.simulation.devices:
             raise SpecError(
                 "evaluation.federatedClients", f"must be at most simulation.devices ({self.simulation.devices})"
             )

@@ -131,10 +131,27 @@ class FederatedServer:
             raise ValueError(f"round {training_round.number} cannot finish after round {self.round}")
         result = training_round.close()
         if result.aggregate is not None:
-            self.weights = self.optimizer.apply(self.weights, result.aggregate)
+            self._step(result)
         self.round = result.round
         self.totals.add(result, bytes_sent=len(training_round.config.cohort) * int(self.weights.nbytes))
         return result
+
+    def _step(self, result: RoundResult) -> None:
+        """Apply the aggregate with the server optimizer, unless that would make the model non-finite.
+
+        Accepted updates are finite, but a blown-up model plus a large step can still overflow float32; then
+        the round fails and both the model and the optimizer's state stay as they were.
+        """
+        assert result.aggregate is not None
+        saved_state = self.optimizer.state_dict()
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected just below
+            stepped = self.optimizer.apply(self.weights, result.aggregate)
+        if np.isfinite(stepped).all():
+            self.weights = stepped
+            return
+        self.optimizer.load_state_dict(saved_state)
+        result.aggregate = None
+        result.failure = "the server step would make the model non-finite; the model is unchanged"
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(

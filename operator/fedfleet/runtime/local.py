@@ -20,7 +20,7 @@ import torch
 
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.device.training import evaluate, train_local
-from fedfleet.engine.round import TrainingRound
+from fedfleet.engine.round import TrainingRound, UpdateRejected
 from fedfleet.engine.seeding import Purpose, derive_seed, stream
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import ModelUpdate, Outcome, RoundResult
@@ -132,7 +132,10 @@ class LocalRuntime:
             if seconds > deadline or filled_at is not None:
                 training_round.report_late(device_id, update_bytes)
                 continue
-            training_round.submit(self._train_device(number, device_id), now=seconds)
+            try:
+                training_round.submit(self._train_device(number, device_id), now=seconds)
+            except UpdateRejected:
+                continue  # counted by the round under its reason; the device may not try again this round
             if training_round.is_full:
                 filled_at = seconds
         return filled_at if filled_at is not None else closed_at

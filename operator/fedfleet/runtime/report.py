@@ -85,9 +85,11 @@ def plot_rounds(path: Path, records: Sequence[RoundRecord], title: str) -> None:
         label="dropped",
         color="tab:red",
     )
+    # Headroom above the tallest bar so the legend never covers it.
+    part_ax.set_ylim(0, 1.35 * max((r.invited for r in records), default=1))
     part_ax.set_xlabel("round")
     part_ax.set_ylabel("devices")
-    part_ax.legend(loc="upper right")
+    part_ax.legend(loc="upper right", ncols=3)
     with atomic_writer(path) as handle:
         fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
