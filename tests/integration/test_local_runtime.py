@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fl_experiments import make_job
 
 from fedfleet.runtime.local import LocalRuntime
+from fl_experiments import make_job
 
 
 def test_diverging_updates_are_rejected_and_counted_not_fatal(tmp_path: Path) -> None:
