@@ -19,6 +19,7 @@ class Purpose(IntEnum):
     EVALUATION = 4
     ATTACK = 5
     MODEL_INIT = 6
+    DP_NOISE = 7
 
 
 def stream(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from fedfleet.engine.seeding import Purpose, stream
 from fedfleet.engine.types import Outcome, RoundResult, Vector
 from fedfleet.persist.checkpoint import Checkpoint, CheckpointError
 from fedfleet.strategies.registry import build_strategy
+
+if TYPE_CHECKING:  # the caller builds it; the engine never imports the DP libraries itself
+    from fedfleet.privacy.job import JobPrivacy
 
 
 def spec_digest(spec: FederatedJobSpec) -> str:
@@ -81,8 +84,9 @@ class Totals:
 
 
 class FederatedServer:
-    def __init__(self, spec: FederatedJobSpec, initial_weights: Vector) -> None:
+    def __init__(self, spec: FederatedJobSpec, initial_weights: Vector, privacy: JobPrivacy | None = None) -> None:
         self.spec = spec
+        self.privacy = privacy
         self.digest = spec_digest(spec)
         self.rule, self.optimizer = build_strategy(spec.aggregation)
         self.weights: Vector = np.array(initial_weights, dtype=np.float32)
@@ -92,6 +96,11 @@ class FederatedServer:
     @property
     def dim(self) -> int:
         return int(self.weights.shape[0])
+
+    @property
+    def epsilon(self) -> float | None:
+        """ε(δ) the job has spent, when it runs with differential privacy."""
+        return self.privacy.epsilon if self.privacy is not None else None
 
     @property
     def done(self) -> bool:
@@ -104,9 +113,18 @@ class FederatedServer:
         max_update_bytes: int | None = None,
         excluded: frozenset[str] = frozenset(),
     ) -> TrainingRound:
-        """Open the next round with a cohort drawn from the available devices (minus `excluded`)."""
+        """Open the next round with a cohort drawn from the available devices (minus `excluded`).
+
+        With differential privacy on, devices without ε budget left are excluded too, and the round is refused
+        (PrivacyBudgetExceeded, DevicesExhausted) before anything changes if it must not run.
+        """
         number = self.round + 1
         cohort_spec = self.spec.cohort
+        rule = self.rule
+        if self.privacy is not None:
+            excluded = excluded | self.privacy.excluded_devices()
+            self.privacy.before_round(sum(1 for d in available if d not in excluded))
+            rule = self.privacy.rule_for_round(stream(self.spec.seed, Purpose.DP_NOISE, number)) or self.rule
         candidates = [d for d in available if d not in excluded]
         cohort = select_cohort(
             candidates,
@@ -123,7 +141,7 @@ class FederatedServer:
             dim=self.dim,
             max_update_bytes=max_update_bytes,
         )
-        return TrainingRound(config, self.rule)
+        return TrainingRound(config, rule)
 
     def finish_round(self, training_round: TrainingRound) -> RoundResult:
         """Close the round and, if it succeeded, step the global model with the server optimizer."""
@@ -148,6 +166,9 @@ class FederatedServer:
             stepped = self.optimizer.apply(self.weights, result.aggregate)
         if np.isfinite(stepped).all():
             self.weights = stepped
+            if self.privacy is not None:
+                participants = [d for d, o in result.outcomes.items() if o == Outcome.COMPLETED]
+                self.privacy.after_release(result.round, participants)
             return
         self.optimizer.load_state_dict(saved_state)
         result.aggregate = None
@@ -160,6 +181,7 @@ class FederatedServer:
             optimizer_state=self.optimizer.state_dict(),
             spec_digest=self.digest,
             totals=self.totals.to_json(),
+            extra={"privacy": self.privacy.state_dict()} if self.privacy is not None else {},
         )
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -173,3 +195,5 @@ class FederatedServer:
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.round = ckpt.round
         self.totals = Totals.from_json(ckpt.totals)
+        if self.privacy is not None and "privacy" in ckpt.extra:
+            self.privacy.load_state_dict(ckpt.extra["privacy"])

@@ -27,10 +27,17 @@ class Checkpoint:
     optimizer_state: dict[str, np.ndarray]
     spec_digest: str  # a checkpoint only resumes the job spec it was written for
     totals: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON state of optional parts (privacy accounting)
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
-    meta = {"format": FORMAT_VERSION, "round": ckpt.round, "spec_digest": ckpt.spec_digest, "totals": ckpt.totals}
+    meta = {
+        "format": FORMAT_VERSION,
+        "round": ckpt.round,
+        "spec_digest": ckpt.spec_digest,
+        "totals": ckpt.totals,
+        "extra": ckpt.extra,
+    }
     arrays: dict[str, np.ndarray] = {"weights": ckpt.weights}
     arrays.update({f"opt.{k}": v for k, v in ckpt.optimizer_state.items()})
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
@@ -56,6 +63,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint | None:
                 optimizer_state=optimizer_state,
                 spec_digest=str(meta["spec_digest"]),
                 totals=dict(meta.get("totals", {})),
+                extra=dict(meta.get("extra", {})),
             )
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint: {exc}") from None

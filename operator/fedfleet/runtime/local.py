@@ -10,7 +10,9 @@ changing its result.
 from __future__ import annotations
 
 import math
+import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from fedfleet.engine.seeding import Purpose, derive_seed, stream
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import ModelUpdate, Outcome, RoundResult
 from fedfleet.models.params import load_flat_parameters
+from fedfleet.persist.atomic import atomic_write_text
 from fedfleet.persist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedfleet.runtime.records import RoundRecord, RunPaths, append_record, truncate_records
 from fedfleet.runtime.task import SimulatedTask, build_task
@@ -34,6 +37,19 @@ from fedfleet.sim.fleet import is_available, training_seconds
 
 class RunExistsError(Exception):
     """The output directory already holds a run and the user did not ask to resume it."""
+
+
+def default_ledger_path() -> Path:
+    """The machine's privacy ledger: ε accumulates per device across every job run here."""
+    configured = os.environ.get("FEDFLEET_LEDGER")
+    if configured:
+        return Path(configured)
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "fedfleet" / "privacy-ledger.db"
+
+
+class UnsupportedOnEmbeddedRuntime(Exception):
+    """The job asks for something the embedded runtime cannot do."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +63,23 @@ RoundCallback = Callable[[RoundRecord], None]
 
 
 class LocalRuntime:
-    def __init__(self, job: FederatedJob, out_dir: Path, task: SimulatedTask | None = None) -> None:
+    def __init__(
+        self, job: FederatedJob, out_dir: Path, task: SimulatedTask | None = None, ledger_path: Path | None = None
+    ) -> None:
         self.job = job
         self.spec = job.spec
         self.paths = RunPaths(out_dir)
+        if self.spec.privacy.secure_aggregation.enabled:
+            raise UnsupportedOnEmbeddedRuntime(
+                "spec.privacy.secureAggregation: secure aggregation runs between devices and the aggregator over"
+                " gRPC; the embedded runtime does not run it yet"
+            )
         self.task = task or build_task(self.spec)
         self.model = self.task.new_model()
+        self.ledger_path = ledger_path
         self.server = FederatedServer(self.spec, self.task.initial_weights())
         self.records: list[RoundRecord] = []
+        self.stop_reason: str | None = None  # why the job ended before its last round, if it did
 
     def prepare(self, resume: bool) -> None:
         """Start fresh, or continue from the checkpoint; never silently overwrite an earlier run."""
@@ -65,18 +90,42 @@ class LocalRuntime:
             if self.paths.metrics.exists():
                 raise RunExistsError(f"{self.paths.root} already holds a run; pass --resume or choose another --out")
             self.paths.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.paths.run_id, uuid.uuid4().hex)
             self.paths.metrics.touch()
+            self._attach_privacy()
             return
         if not resume:
             raise RunExistsError(
                 f"{self.paths.root} already holds a run (round {ckpt.round}); pass --resume or choose another --out"
             )
+        self._attach_privacy()
         self.server.restore(ckpt)
         self.records = truncate_records(self.paths.metrics, ckpt.round)
 
+    def _attach_privacy(self) -> None:
+        """Differential privacy, with the ledger keyed by this run's id so a resumed run never charges twice."""
+        if self.spec.privacy.differential_privacy.mode == "off":
+            return
+        from fedfleet.privacy.job import JobPrivacy
+        from fedfleet.privacy.ledger import PrivacyLedger
+
+        ledger = PrivacyLedger(self.ledger_path or default_ledger_path())
+        job_key = f"{self.job.metadata.name}/{self.paths.run_id.read_text().strip()}"
+        self.server.privacy = JobPrivacy(self.spec, len(self.task.fleet), ledger, job_key)
+
     def run(self, on_round: RoundCallback | None = None) -> list[RoundRecord]:
+        stops: tuple[type[Exception], ...] = ()
+        if self.server.privacy is not None:
+            from fedfleet.privacy.errors import PRIVACY_STOPS
+
+            stops = PRIVACY_STOPS
         while not self.server.done:
-            record = self.run_round()
+            try:
+                record = self.run_round()
+            except stops as stop:
+                # Refused before the round changed anything: the job ends here, as a success so far.
+                self.stop_reason = f"PrivacyBudgetExhausted: {stop}"
+                break
             # The checkpoint goes first: a crash between the two writes leaves a record that resume discards.
             save_checkpoint(self.paths.checkpoint, self.server.checkpoint())
             append_record(self.paths.metrics, record)
@@ -106,6 +155,7 @@ class LocalRuntime:
             federated=federated,
             sim_seconds=sim_seconds,
             wall_seconds=time.perf_counter() - started,
+            epsilon=server.epsilon,
         )
 
     def _simulate_round(self, training_round: TrainingRound) -> float:
@@ -224,6 +274,7 @@ def _record(
     federated: Evaluation | None,
     sim_seconds: float,
     wall_seconds: float,
+    epsilon: float | None,
 ) -> RoundRecord:
     return RoundRecord(
         round=result.round,
@@ -243,4 +294,5 @@ def _record(
         sim_seconds=round(sim_seconds, 3),
         wall_seconds=round(wall_seconds, 4),
         failure=result.failure,
+        epsilon=round(epsilon, 6) if epsilon is not None else None,
     )

@@ -38,6 +38,10 @@ class RunPaths:
     def manifest(self) -> Path:
         return self.root / "job.yaml"
 
+    @property
+    def run_id(self) -> Path:
+        return self.root / "run-id"
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -58,6 +62,7 @@ class RoundRecord:
     sim_seconds: float  # simulated duration of the round
     wall_seconds: float
     failure: str | None = None
+    epsilon: float | None = None  # ε(δ) spent by the job after this round, with differential privacy on
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False)

@@ -11,7 +11,9 @@ from fedfleet.persist.atomic import atomic_write_text, atomic_writer
 from fedfleet.runtime.records import RoundRecord
 
 
-def summarize(records: Sequence[RoundRecord], job_name: str, totals: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    records: Sequence[RoundRecord], job_name: str, totals: dict[str, Any], stop_reason: str | None = None
+) -> dict[str, Any]:
     evaluated = [r for r in records if r.accuracy is not None]
     final = evaluated[-1] if evaluated else None
     best = max(evaluated, key=lambda r: r.accuracy or 0.0) if evaluated else None
@@ -32,6 +34,8 @@ def summarize(records: Sequence[RoundRecord], job_name: str, totals: dict[str, A
         "bytes_sent": sum(r.bytes_sent for r in records),
         "bytes_received": sum(r.bytes_received for r in records),
         "wall_seconds": round(sum(r.wall_seconds for r in records), 2),
+        "epsilon": records[-1].epsilon if records else None,
+        "stop_reason": stop_reason,
         "totals": totals,
     }
 
@@ -51,6 +55,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         f" late {summary['late']}, churn {100 * summary['churn_rate']:.1f}%;"
         f" {summary['bytes_received'] / 1e6:.1f} MB up, {summary['bytes_sent'] / 1e6:.1f} MB down;"
         f" {summary['wall_seconds']:.1f}s"
+        + (f"; ε spent {summary['epsilon']:.3f}" if summary.get("epsilon") is not None else "")
+        + (f"\nstopped early: {summary['stop_reason']}" if summary.get("stop_reason") else "")
     )
 
 
