@@ -40,8 +40,15 @@ CLUSTER_STATE ?= .cluster
 cluster-build:
 	bash e2e/controlplane/build.sh
 
+CP_BIN = $(HOME)/.cache/fedfleet/controlplane/v1.37.2/bin
+
+# A local cluster with the operator installed by helm; export the KUBECONFIG it prints to use kubectl.
 cluster-up: venv cluster-build
 	$(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent
+	HELM_CACHE_HOME=$(CLUSTER_STATE)/helm HELM_CONFIG_HOME=$(CLUSTER_STATE)/helm HELM_DATA_HOME=$(CLUSTER_STATE)/helm \
+	  $(CP_BIN)/helm --kubeconfig $(CLUSTER_STATE)/kubeconfig upgrade --install fedfleet charts/fedfleet \
+	  -n fedfleet-system --create-namespace --wait
+	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_STATE)/kubeconfig PATH=$(CP_BIN):\$$PATH"
 
 cluster-down: venv
 	$(PY) e2e/controlplane/cluster.py down --state-dir $(CLUSTER_STATE)
@@ -49,8 +56,16 @@ cluster-down: venv
 e2e: venv cluster-build
 	$(BIN)/pytest -q -m e2e tests/e2e
 
+# Generated files: each has a test that fails when the committed copy differs from a fresh generation.
 crds: venv
 	$(PY) -m fedfleet.api.crd > crds/federatedjob.yaml.tmp && mv crds/federatedjob.yaml.tmp crds/federatedjob.yaml
+	cp crds/federatedjob.yaml charts/fedfleet/crds/federatedjob.yaml
+
+proto: venv
+	$(PY) -m fedfleet.proto.generate
+
+bench-operator: venv cluster-build
+	$(PY) benchmarks/bench_operator_apply_to_running.py
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

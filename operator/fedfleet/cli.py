@@ -1,20 +1,30 @@
 """The `fedfleet` command.
 
-Exit status: 0 success, 1 the job failed while running, 2 bad input (manifest, arguments, existing run).
-Bad input is reported as one line naming the field and the rule, never as a traceback.
+Exit status: 0 success, 1 the job failed while running, 2 bad input (manifest, arguments, existing run),
+3 stopped before the end (the state dir resumes it). Bad input is reported as one line naming the field and
+the rule, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedfleet.api.federatedjob import FederatedJob
+    from fedfleet.runtime.progress import RoundProgress
+    from fedfleet.runtime.records import RoundRecord
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,20 +32,97 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedfleet", description="Kubernetes-native federated learning for edge fleets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a FederatedJob manifest on the embedded local runtime")
+    run = sub.add_parser("run", help="run a FederatedJob manifest locally with a simulated fleet")
     run.add_argument("manifest", type=Path, help="FederatedJob YAML file")
     run.add_argument("--out", type=Path, help="run directory (default: runs/<job name>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--transport",
+        choices=("grpc", "inprocess"),
+        help="grpc (the default): an aggregator on loopback and the fleet over gRPC with TLS, the production "
+        "path; inprocess: the embedded runtime in simulated time, bit-reproducible (the default for jobs with "
+        "differential privacy, which the gRPC aggregator does not apply yet)",
+    )
+    run.add_argument("--time-scale", type=_positive, help="grpc: wall seconds per simulated second (default: 0.02)")
     run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser("validate", help="check a FederatedJob manifest and print it with defaults")
     validate.add_argument("manifest", type=Path)
     validate.set_defaults(handler=_cmd_validate)
+
+    agg = sub.add_parser("aggregator", help="run a job's aggregator: gRPC for devices, HTTP for /metrics")
+    agg.add_argument("--config", type=Path, required=True, help="aggregator YAML (see examples/aggregator.yaml)")
+    agg.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    agg.set_defaults(handler=_cmd_aggregator)
+
+    sim = sub.add_parser("device-sim", help="run a job's simulated fleet against an aggregator over gRPC")
+    sim.add_argument("--aggregator", required=True, metavar="HOST:PORT")
+    sim.add_argument("--job", type=Path, required=True, help="the FederatedJob manifest the aggregator runs")
+    sim.add_argument("--token-key", type=Path, required=True, help="the job's token key (hex file)")
+    sim.add_argument("--ca", type=Path, required=True, help="PEM certificate of the job's CA")
+    sim.add_argument("--devices", type=_count, help="run the first N devices of the fleet (default: all)")
+    sim.add_argument("--time-scale", type=_positive, default=1.0, help="wall seconds per simulated second")
+    sim.add_argument("--workers", type=_count, default=2, help="training threads")
+    sim.add_argument("--give-up-after", type=_positive, default=120.0, help="seconds without an answer")
+    sim.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sim.set_defaults(handler=_cmd_device_sim)
+
+    token = sub.add_parser("token", help="device tokens: make a job key, issue a token")
+    token_sub = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    keygen = token_sub.add_parser("keygen", help="write a new random token key (hex, mode 0600)")
+    keygen.add_argument("--out", type=Path, required=True)
+    keygen.set_defaults(handler=_cmd_token_keygen)
+    issue = token_sub.add_parser("issue", help="print a signed token for one device of one job")
+    issue.add_argument("--key", type=Path, required=True, help="the job's token key")
+    issue.add_argument("--job", required=True, help="job name (namespace/name in a cluster)")
+    issue.add_argument("--device", required=True, help="device id")
+    issue.add_argument("--ttl", type=_positive, default=86400.0, help="seconds until it expires (default: 1 day)")
+    issue.set_defaults(handler=_cmd_token_issue)
+
+    certs = sub.add_parser("certs", help="create a job CA and an aggregator server certificate")
+    certs.add_argument("--out", type=Path, required=True, help="directory for ca.crt, server.crt, server.key")
+    certs.add_argument("--job", required=True, help="job name (for the CA's name)")
+    certs.add_argument("--host", action="append", default=[], help="name or address the server is reached at")
+    certs.set_defaults(handler=_cmd_certs)
+
+    operator = sub.add_parser(
+        "operator",
+        help="run the FederatedJob operator (kopf); options as `python -m fedfleet.operator --help`",
+        add_help=False,
+    )
+    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+    operator.set_defaults(handler=_cmd_operator)
+
+    ledger = sub.add_parser("ledger", help="show the per-device privacy budget ledger")
+    ledger.add_argument("--ledger", type=Path, help="ledger file (default: $FEDFLEET_LEDGER or ~/.local/share/...)")
+    ledger.add_argument("--budget", type=_positive, required=True, help="lifetime ε budget per device")
+    ledger.add_argument("--near", type=float, default=0.9, help="flag devices at this fraction of the budget")
+    ledger.set_defaults(handler=_cmd_ledger)
     return parser
 
 
@@ -48,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"fedfleet: error: {message}", file=sys.stderr)
     return code
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -71,24 +162,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         return _fail(str(exc))
     out: Path = args.out or Path("runs") / job.metadata.name
+    transport = args.transport or ("inprocess" if job.spec.privacy.differential_privacy.mode != "off" else "grpc")
+    if args.time_scale is not None and transport != "grpc":
+        return _fail("--time-scale only applies to --transport grpc")
 
     # Heavy imports only after the manifest is known to be good, so bad input fails fast.
     from fedfleet.persist.checkpoint import CheckpointError
-    from fedfleet.runtime.local import LocalRuntime, RunExistsError
+    from fedfleet.runtime.local import RunExistsError
     from fedfleet.runtime.progress import RoundProgress
-    from fedfleet.runtime.report import plot_rounds, render_summary, summarize, write_summary
     from fedfleet.runtime.threads import configure_torch_threads
 
     configure_torch_threads()
+    if transport == "grpc":
+        from fedfleet.aggregator.loopback import check_run_dir
+
+        try:
+            check_run_dir(out, args.resume)
+        except (RunExistsError, CheckpointError) as exc:
+            return _fail(str(exc))
+        done = _done_rounds(out) if args.resume else 0
+        progress = RoundProgress(total=job.spec.rounds, done=done, enabled=not args.quiet)
+        try:
+            records = _run_grpc(job, out, args.time_scale, progress)
+        except (CheckpointError, ValueError, OSError) as exc:
+            progress.close()
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            progress.close()
+            return _fail(f"interrupted; continue with --resume --out {out}", 130)
+        progress.close()
+        if records is None:
+            return _fail(f"the fleet stopped before the job's end; continue with --resume --out {out}", EXIT_FAILED)
+        _save_manifest(args, out)
+        return _report(job, out, records)
+
+    from fedfleet.runtime.local import LocalRuntime, UnsupportedOnEmbeddedRuntime
+
     try:
         runtime = LocalRuntime(job, out)
         runtime.prepare(resume=args.resume)
-    except (RunExistsError, CheckpointError, ValueError) as exc:
+    except (RunExistsError, CheckpointError, UnsupportedOnEmbeddedRuntime, ValueError) as exc:
         return _fail(str(exc))
-    if not args.resume:
-        # Keep the manifest beside its results: a run directory says what produced it.
-        runtime.paths.manifest.write_text(args.manifest.read_text(encoding="utf-8"), encoding="utf-8")
-
+    _save_manifest(args, out)
     progress = RoundProgress(total=job.spec.rounds, done=runtime.server.round, enabled=not args.quiet)
     try:
         records = runtime.run(on_round=progress.update)
@@ -96,13 +211,163 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         return _fail(f"interrupted after round {runtime.server.round}; continue with --resume --out {out}", 130)
     progress.close()
-
     runtime.save_model()
-    summary = summarize(records, job.metadata.name, runtime.server.totals.to_json())
-    write_summary(runtime.paths.summary, summary)
-    plot_rounds(runtime.paths.plot, records, f"{job.metadata.name} ({job.spec.aggregation.strategy})")
+    return _report(job, out, records, totals=runtime.server.totals.to_json(), stop_reason=runtime.stop_reason)
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from fedfleet.operator.main import main as operator_main
+
+    return operator_main(args.operator_args)
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from fedfleet.privacy.ledger import LedgerError, PrivacyLedger, render_ledger_report
+    from fedfleet.runtime.local import default_ledger_path
+
+    path: Path = args.ledger or default_ledger_path()
+    if not path.exists():
+        return _fail(f"{path}: no privacy ledger here yet (it is created by the first job with differential privacy)")
+    if not 0 < args.near <= 1:
+        return _fail(f"--near must be in (0, 1], got {args.near}")
+    try:
+        print(render_ledger_report(PrivacyLedger(path), args.budget, fraction=args.near))
+    except LedgerError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def _done_rounds(out: Path) -> int:
+    from fedfleet.persist.checkpoint import load_checkpoint
+    from fedfleet.runtime.records import RunPaths
+
+    ckpt = load_checkpoint(RunPaths(out).checkpoint)
+    return ckpt.round if ckpt is not None else 0
+
+
+def _run_grpc(
+    job: FederatedJob, out: Path, time_scale: float | None, progress: RoundProgress
+) -> list[RoundRecord] | None:
+    from fedfleet.aggregator.loopback import DEFAULT_TIME_SCALE, run_loopback
+
+    result = asyncio.run(run_loopback(job, out, time_scale or DEFAULT_TIME_SCALE, on_round=progress.update))
+    return result.records if result.completed else None
+
+
+def _save_manifest(args: argparse.Namespace, out: Path) -> None:
+    from fedfleet.runtime.records import RunPaths
+
+    if not args.resume:
+        # Keep the manifest beside its results: a run directory says what produced it.
+        RunPaths(out).manifest.write_text(args.manifest.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def _report(
+    job: FederatedJob,
+    out: Path,
+    records: list[RoundRecord],
+    totals: dict[str, object] | None = None,
+    stop_reason: str | None = None,
+) -> int:
+    import json
+
+    from fedfleet.runtime.records import RunPaths
+    from fedfleet.runtime.report import plot_rounds, render_summary, summarize, write_summary
+
+    paths = RunPaths(out)
+    if totals is None:  # the aggregator wrote summary.json; its totals come from the checkpoint
+        totals = json.loads(paths.summary.read_text())["totals"]
+    summary = summarize(records, job.metadata.name, totals, stop_reason)
+    write_summary(paths.summary, summary)
+    plot_rounds(paths.plot, records, f"{job.metadata.name} ({job.spec.aggregation.strategy})")
     print(render_summary(summary))
-    print(f"report: {runtime.paths.plot}  metrics: {runtime.paths.metrics}  model: {runtime.paths.model}")
+    print(f"report: {paths.plot}  metrics: {paths.metrics}  model: {paths.model}")
+    return EXIT_OK
+
+
+def _cmd_aggregator(args: argparse.Namespace) -> int:
+    from fedfleet.aggregator.config import ConfigError, load_config
+
+    try:
+        config, job = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _logging(args.log_level)
+    from fedfleet.aggregator.app import serve
+    from fedfleet.persist.checkpoint import CheckpointError
+    from fedfleet.runtime.threads import configure_torch_threads
+
+    configure_torch_threads()
+    try:
+        return asyncio.run(serve(job, config))
+    except (CheckpointError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+
+
+def _cmd_device_sim(args: argparse.Namespace) -> int:
+    from fedfleet.api.manifest import ManifestError, load_job
+
+    try:
+        job = load_job(args.job)
+    except ManifestError as exc:
+        return _fail(str(exc))
+    from fedfleet.security.tokens import read_key
+
+    try:
+        key = read_key(args.token_key)
+        ca = args.ca.read_bytes()
+    except ValueError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{args.ca}: cannot read: {exc.strerror or exc}")
+    _logging(args.log_level)
+    from fedfleet.runtime.threads import configure_torch_threads
+    from fedfleet.sim.network_fleet import FleetSettings, render_report, run_fleet
+
+    configure_torch_threads()
+    settings = FleetSettings(
+        target=args.aggregator,
+        token_key=key,
+        ca_pem=ca,
+        devices=args.devices,
+        time_scale=args.time_scale,
+        workers=args.workers,
+        give_up_after=args.give_up_after,
+    )
+    try:
+        report = asyncio.run(run_fleet(job, settings))
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(render_report(report))
+    return EXIT_OK if report.completed == report.devices else EXIT_FAILED
+
+
+def _cmd_token_keygen(args: argparse.Namespace) -> int:
+    from fedfleet.security.tokens import new_key, write_key
+
+    if args.out.exists():
+        return _fail(f"{args.out} exists; a new key would invalidate every token issued with it")
+    write_key(args.out, new_key())
+    print(args.out)
+    return EXIT_OK
+
+
+def _cmd_token_issue(args: argparse.Namespace) -> int:
+    from fedfleet.security.tokens import issue_token, read_key
+
+    try:
+        print(issue_token(read_key(args.key), args.job, args.device, args.ttl))
+    except ValueError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from fedfleet.security.certs import TlsFiles, write_tls_files
+
+    hosts = args.host or ["localhost", "127.0.0.1"]
+    write_tls_files(TlsFiles.in_dir(args.out), args.job, hosts)
+    print(f"{args.out}/ca.crt (give to devices), server.crt, server.key")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,3 +89,45 @@ def node_agent(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- the operator, installed with its Helm chart -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def operator_release(
+    control_plane: cluster.ControlPlane,
+    kube: KubeApi,
+    node_agent: NodeAgent,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """`helm install` of charts/fedfleet into fedfleet-system; yields once the operator pod is Ready."""
+    from operator_support import OPERATOR_NAMESPACE, RELEASE, helm
+
+    home = tmp_path_factory.mktemp("helm")
+    chart = REPO / "charts" / "fedfleet"
+    done = helm(
+        control_plane, home, "install", RELEASE, str(chart), f"--namespace={OPERATOR_NAMESPACE}",
+        "--create-namespace", "--set", "resyncSeconds=1", "--wait", "--timeout=120s",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def operator_pod() -> dict[str, Any] | None:
+        pods = kube.get(
+            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods", labelSelector="app.kubernetes.io/component=operator"
+        )["items"]
+        ready = [p for p in pods if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])
+        )]  # fmt: skip
+        return ready[0] if ready else None
+
+    pod = wait_for("the operator pod Ready", operator_pod, timeout=60)
+    try:
+        yield {"namespace": OPERATOR_NAMESPACE, "release": RELEASE, "pod": pod, "find_pod": operator_pod}
+    finally:
+        # Keep the operator's log (the node agent removes a pod's directory with the pod) for post-mortems.
+        current = operator_pod() or pod
+        logs = node_agent.pod_dir(current["metadata"]["uid"]) / "logs"
+        if logs.exists():
+            shutil.copytree(logs, home / "operator-logs", dirs_exist_ok=True)
+        helm(control_plane, home, "uninstall", RELEASE, f"--namespace={OPERATOR_NAMESPACE}", "--wait")

@@ -44,3 +44,16 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["state"]  # no temporary file left behind
+
+
+def test_the_checkpoint_fingerprint_ignores_how_the_job_runs_but_not_what_it_computes() -> None:
+    from fedfleet.api.federatedjob import FederatedJobSpec
+    from fedfleet.engine.server import spec_digest
+
+    base = FederatedJobSpec.model_validate({"rounds": 5})
+    moved = FederatedJobSpec.model_validate(
+        {"rounds": 5, "suspend": True, "activeDeadlineSeconds": 600, "aggregator": {"port": 7000}}
+    )
+    assert spec_digest(base) == spec_digest(moved)
+    assert spec_digest(base) != spec_digest(FederatedJobSpec.model_validate({"rounds": 6}))
+    assert spec_digest(base) != spec_digest(FederatedJobSpec.model_validate({"rounds": 5, "seed": 1}))

@@ -19,7 +19,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from fedfleet.api import crd
-from fedfleet.api.federatedjob import FederatedJobSpec
+from fedfleet.api.federatedjob import FederatedJobSpec, SpecError
+from fedfleet.api.status import AGGREGATOR_FIELDS, FederatedJobStatus
 
 COMMITTED = Path(__file__).resolve().parents[2] / "crds" / "federatedjob.yaml"
 
@@ -38,7 +39,12 @@ ALLOWED_KEYS = {
     "pattern",
     "properties",
     "required",
-    "x-kubernetes-preserve-unknown-fields",
+    "format",
+    "items",
+    "maxItems",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
 }
 JSON_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,),
@@ -46,6 +52,7 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "boolean": (bool,),
     "object": (dict,),
+    "array": (list,),
 }
 
 
@@ -64,6 +71,8 @@ def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str,
     yield path, node
     for name, sub in node.get("properties", {}).items():
         yield from _walk(sub, f"{path}.{name}" if path else name)
+    if "items" in node:
+        yield from _walk(node["items"], f"{path}[]")
 
 
 # --- the committed file -------------------------------------------------------------------------------
@@ -119,30 +128,127 @@ def test_names_scope_and_version() -> None:
 def test_printer_columns() -> None:
     columns = crd.build_federatedjob_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     by_name = {c["name"]: c for c in columns}
-    assert [c["name"] for c in columns] == ["Round", "Target", "Accuracy", "Ready", "Strategy", "Age"]
-    assert by_name["Round"] == {"name": "Round", "type": "integer", "jsonPath": ".status.round"}
-    assert by_name["Target"] == {"name": "Target", "type": "integer", "jsonPath": ".spec.rounds"}
-    assert by_name["Accuracy"]["jsonPath"] == ".status.accuracy"
+    default = [c["name"] for c in columns if "priority" not in c]
+    wide = [c["name"] for c in columns if c.get("priority") == 1]
+    assert default == ["Round", "Target", "Participants", "Epsilon", "Accuracy", "Ready", "Age"]
+    assert wide == ["Phase", "Strategy", "Devices", "Dropped", "Churn", "Endpoint"]  # -o wide only
+    assert by_name["Round"]["jsonPath"] == ".status.round" and by_name["Round"]["type"] == "integer"
+    assert by_name["Target"]["jsonPath"] == ".spec.rounds"
+    assert by_name["Epsilon"]["jsonPath"] == ".status.epsilonSpent"
     assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert by_name["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-    assert by_name["Strategy"]["priority"] == 1  # -o wide only
-    assert all("priority" not in c for c in columns if c["name"] != "Strategy")
-    # A spec column must point at a field the schema really has.
-    strategy = _spec_schema()["properties"]["aggregation"]["properties"]["strategy"]
-    assert by_name["Strategy"]["jsonPath"] == ".spec.aggregation.strategy" and strategy["type"] == "string"
+    # Every column (but Age: metadata is schemaless here) points at a field the schema has, of its type.
+    root = _root_schema()
+    allowed = {"integer": ("integer",), "number": ("number", "integer"), "string": ("string",)}
+    for column in columns:
+        if column["name"] == "Age":
+            continue
+        node = root
+        for part in column["jsonPath"].split("[")[0].lstrip(".").split("."):
+            node = node["properties"][part]
+        if column["name"] == "Ready":  # a filter over the conditions list, selecting a string field
+            assert node["type"] == "array" and node["items"]["properties"]["status"]["type"] == "string"
+        else:
+            assert node["type"] in allowed[column["type"]], column
 
 
-def test_spec_is_required_and_status_is_open() -> None:
+def test_spec_is_required_and_status_is_structural() -> None:
     root = _root_schema()
     assert root["type"] == "object"
     assert root["required"] == ["spec"]
-    assert root["properties"]["status"] == {
-        "description": "Observed state, written by the operator.",
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
+    status = root["properties"]["status"]
+    assert "x-kubernetes-preserve-unknown-fields" not in status
+    assert list(status["properties"]) == [f.alias for f in FederatedJobStatus.model_fields.values()]
+    conditions = status["properties"]["conditions"]
+    assert conditions["type"] == "array" and conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert set(conditions["items"]["required"]) == {"type", "status", "reason", "lastTransitionTime"}
+    # The status has no defaults: an absent field means "not reported yet", never a made-up zero.
+    assert all("default" not in node for path, node in _walk(status) if path.count(".") == 0 and path)
     assert root["properties"]["metadata"] == {"type": "object"}
     assert _spec_schema()["required"] == ["rounds"]
+
+
+def test_every_aggregator_field_is_in_the_status_schema() -> None:
+    status = _root_schema()["properties"]["status"]["properties"]
+    assert set(AGGREGATOR_FIELDS) <= set(status)
+
+
+# --- CEL rules ----------------------------------------------------------------------------------------
+
+
+def test_cross_field_rules_are_cel_validations_naming_their_field() -> None:
+    rules = _spec_schema()["x-kubernetes-validations"]
+    assert len(rules) == len(crd.CROSS_FIELD_RULES)
+    for rule in rules:
+        assert set(rule) == {"rule", "message", "fieldPath", "reason"}
+        field = rule["fieldPath"].lstrip(".")
+        node = _spec_schema()
+        for part in field.split("."):
+            node = node["properties"][part]  # the field exists
+        assert rule["message"].startswith(field), rule
+
+
+# One manifest per CEL rule: the models refuse each for the field the CEL rule names (the e2e tests send the
+# same kind of manifests to a real API server).
+CEL_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("cohort.minReports", {"cohort": {"clientsPerRound": 4, "minReports": 5}, "simulation": {"devices": 10}}),
+    ("cohort.clientsPerRound", {"cohort": {"clientsPerRound": 11}, "simulation": {"devices": 10}}),
+    (
+        "evaluation.federatedClients",
+        {"evaluation": {"federatedEvery": 2, "federatedClients": 11}, "simulation": {"devices": 10}},
+    ),
+    (
+        "aggregation.byzantineCount",
+        {"aggregation": {"strategy": "krum", "byzantineCount": 2}, "cohort": {"clientsPerRound": 6}},
+    ),
+    (
+        "aggregation.multiKrumSelect",
+        {"aggregation": {"strategy": "multiKrum", "multiKrumSelect": 8}, "cohort": {"clientsPerRound": 6}},
+    ),
+    (
+        "aggregation.strategy",
+        {"aggregation": {"strategy": "median"}, "privacy": {"secureAggregation": {"enabled": True}}},
+    ),
+    (
+        "privacy.differentialPrivacy.mode",
+        {"privacy": {"differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1}}},
+    ),
+    (
+        "aggregation.strategy",
+        {
+            "aggregation": {"strategy": "trimmedMean"},
+            "privacy": {"differentialPrivacy": {"mode": "central", "noiseMultiplier": 1}},
+        },
+    ),
+    ("privacy.differentialPrivacy.noiseMultiplier", {"privacy": {"differentialPrivacy": {"mode": "central"}}}),
+    ("aggregator.httpPort", {"aggregator": {"port": 9000, "httpPort": 9000}}),
+]
+
+
+@pytest.mark.parametrize(("field", "spec"), CEL_CASES, ids=[f"{i}-{f}" for i, (f, _) in enumerate(CEL_CASES)])
+def test_each_cel_rule_matches_a_model_rule(field: str, spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as caught:
+        FederatedJobSpec.model_validate({"rounds": 3, **spec})
+    error = caught.value.errors()[0]["ctx"]["error"]
+    assert isinstance(error, SpecError) and error.field == field
+    assert field in {f for _, f, _ in crd.CROSS_FIELD_RULES}
+
+
+def test_every_cel_rule_has_a_case() -> None:
+    # Same count and fields: no CEL rule without a manifest that trips it, so the e2e test covers them all.
+    assert sorted(f for f, _ in CEL_CASES) == sorted(f for _, f, _ in crd.CROSS_FIELD_RULES)
+
+
+def test_training_fields_are_immutable_and_operational_ones_are_not() -> None:
+    props = _spec_schema()["properties"]
+    for name in crd.IMMUTABLE_FIELDS:
+        assert props[name]["x-kubernetes-validations"] == [
+            {"rule": "self == oldSelf", "message": f"{name} is immutable once the job exists"}
+        ]
+    for name in ("suspend", "activeDeadlineSeconds", "aggregator"):
+        assert "x-kubernetes-validations" not in props[name]
+    assert set(crd.IMMUTABLE_FIELDS) | {"suspend", "activeDeadlineSeconds", "aggregator"} == set(props)
 
 
 # --- structural-schema rules --------------------------------------------------------------------------
@@ -153,8 +259,9 @@ def test_every_node_is_structural() -> None:
         where = path or "<root>"
         assert set(node) <= ALLOWED_KEYS, f"{where}: keys {set(node) - ALLOWED_KEYS} not allowed"
         assert node.get("type") in JSON_TYPES, f"{where}: every node needs a type"
-        if node.get("x-kubernetes-preserve-unknown-fields"):
-            assert path == "status", f"{where}: only status may preserve unknown fields"
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), f"{where}: no unknown fields anywhere"
+        if node["type"] == "array":
+            assert "items" in node, f"{where}: an array needs items"
         if "properties" in node:
             assert node["type"] == "object", where
         for flag, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -332,7 +439,9 @@ def test_crd_section_agrees_with_model(path: str, model: type[BaseModel]) -> Non
     assert sorted(node.get("required", [])) == required, f"{path}: required fields differ"
     for alias, field in fields.items():
         expected = _expected_node(field)
-        actual = {k: v for k, v in node["properties"][alias].items() if k != "properties"}
+        # CEL rules are CRD-only constructs, checked against the models by the CEL tests above.
+        crd_only = ("properties", "x-kubernetes-validations")
+        actual = {k: v for k, v in node["properties"][alias].items() if k not in crd_only}
         if expected["type"] == "object" and "description" not in expected:
             actual.pop("description", None)  # a section's description comes from its class docstring
         assert actual == expected, f"{path}.{alias}"

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJobSpec
+from fedfleet.api.federatedjob import API_GROUP, API_VERSION, INDIVIDUAL_UPDATE_STRATEGIES, KIND, FederatedJobSpec
+from fedfleet.api.status import FederatedJobStatus
 
 PLURAL = "federatedjobs"
 SINGULAR = "federatedjob"
@@ -40,8 +41,13 @@ _KEY_ORDER = (
     "minLength",
     "maxLength",
     "pattern",
+    "items",
+    "maxItems",
     "properties",
     "required",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
 )
 # Dropped on purpose: `title` is noise generated from the field name, and `additionalProperties: false`
 # is not allowed in a structural schema — the API server prunes unknown fields instead (and
@@ -54,10 +60,14 @@ class SchemaConversionError(ValueError):
     """The models use a JSON-schema construct that has no structural OpenAPI v3.0 equivalent here."""
 
 
-def structural_schema(json_schema: Schema) -> Schema:
-    """Convert a pydantic JSON schema (with `$defs`) into a Kubernetes structural schema."""
+def structural_schema(json_schema: Schema, path: str = "spec", section_defaults: bool = True) -> Schema:
+    """Convert a pydantic JSON schema (with `$defs`) into a Kubernetes structural schema.
+
+    section_defaults: give optional object sections `default: {}` (the spec's sections, whose fields all have
+    defaults); the status has no defaults: an absent section means "not reported yet".
+    """
     defs: dict[str, Schema] = json_schema.get("$defs", {})
-    return _convert(json_schema, defs, path="spec")
+    return _convert(json_schema, defs, path=path, section_defaults=section_defaults)
 
 
 def _resolve(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
@@ -80,7 +90,7 @@ def _resolve(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
     return node
 
 
-def _convert(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
+def _convert(node: Schema, defs: dict[str, Schema], path: str, section_defaults: bool = True) -> Schema:
     node = _resolve(node, defs, path)
     out: Schema = {}
     for key, value in node.items():
@@ -94,14 +104,18 @@ def _convert(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
             out[bound] = value
             out[key] = True
         elif key == "properties":
-            out[key] = {name: _convert(sub, defs, f"{path}.{name}") for name, sub in value.items()}
+            out[key] = {name: _convert(sub, defs, f"{path}.{name}", section_defaults) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _convert(value, defs, f"{path}[]", section_defaults)
         elif key in _KEY_ORDER:
             out[key] = value
         else:
             raise SchemaConversionError(f"{path}: JSON-schema keyword {key!r} has no CRD mapping")
     if "type" not in out:
         raise SchemaConversionError(f"{path}: every node of a structural schema needs a type")
-    if out["type"] == "object" and "properties" in out:
+    if out["type"] == "array" and "items" not in out:
+        raise SchemaConversionError(f"{path}: an array needs items")
+    if section_defaults and out["type"] == "object" and "properties" in out:
         required = set(out.get("required", ()))
         for name, prop in out["properties"].items():
             # pydantic writes no default for a `default_factory` section. `default: {}` lets the API server
@@ -118,11 +132,122 @@ def _ordered(node: Schema) -> Schema:
     return {key: node[key] for key in _KEY_ORDER if key in node}
 
 
+# --- CEL rules --------------------------------------------------------------------------------------------
+# The API server checks these, so `kubectl apply` refuses a job the models would refuse, naming the same
+# field (`fieldPath`). Each mirrors a rule of FederatedJobSpec._cross_field_rules / _privacy_rules; the unit
+# and e2e tests hold one manifest per rule and check that both sides refuse it for the same field.
+
+_INDIVIDUAL = "[" + ", ".join(f"'{s}'" for s in sorted(INDIVIDUAL_UPDATE_STRATEGIES)) + "]"
+_KRUM = "self.aggregation.strategy in ['krum', 'multiKrum']"
+_MIN_REPORTS = "(has(self.cohort.minReports) ? self.cohort.minReports : self.cohort.clientsPerRound)"
+_DP_ON = "self.privacy.differentialPrivacy.mode != 'off'"
+
+#: (rule, fieldPath below spec, message). The message repeats the field so it reads well on its own.
+CROSS_FIELD_RULES: tuple[tuple[str, str, str], ...] = (
+    (
+        "!has(self.cohort.minReports) || self.cohort.minReports <= self.cohort.clientsPerRound",
+        "cohort.minReports",
+        "cohort.minReports must be at most cohort.clientsPerRound",
+    ),
+    (
+        "self.cohort.clientsPerRound <= self.simulation.devices",
+        "cohort.clientsPerRound",
+        "cohort.clientsPerRound must be at most simulation.devices",
+    ),
+    (
+        "self.evaluation.federatedEvery == 0 || self.evaluation.federatedClients <= self.simulation.devices",
+        "evaluation.federatedClients",
+        "evaluation.federatedClients must be at most simulation.devices when federatedEvery is set",
+    ),
+    (
+        f"!({_KRUM}) || {_MIN_REPORTS} >= 2 * self.aggregation.byzantineCount + 3",
+        "aggregation.byzantineCount",
+        "aggregation.byzantineCount: krum needs every round to have at least 2·byzantineCount+3 reports "
+        "(cohort.minReports, or cohort.clientsPerRound when unset)",
+    ),
+    (
+        f"!({_KRUM}) || !has(self.aggregation.multiKrumSelect) || self.aggregation.multiKrumSelect <= {_MIN_REPORTS}",
+        "aggregation.multiKrumSelect",
+        "aggregation.multiKrumSelect must be at most the reports of a round (cohort.minReports)",
+    ),
+    (
+        f"!self.privacy.secureAggregation.enabled || !(self.aggregation.strategy in {_INDIVIDUAL})",
+        "aggregation.strategy",
+        "aggregation.strategy: median, trimmedMean, krum and multiKrum need individual updates, but secure "
+        "aggregation reveals only their sum",
+    ),
+    (
+        "self.privacy.differentialPrivacy.mode != 'distributed' || self.privacy.secureAggregation.enabled",
+        "privacy.differentialPrivacy.mode",
+        "privacy.differentialPrivacy.mode: distributed noise needs privacy.secureAggregation.enabled",
+    ),
+    (
+        f"!({_DP_ON}) || !(self.aggregation.strategy in {_INDIVIDUAL})",
+        "aggregation.strategy",
+        "aggregation.strategy: differential privacy is calibrated for a clipped sum of updates; median, "
+        "trimmedMean, krum and multiKrum are not one",
+    ),
+    (
+        f"!({_DP_ON}) || has(self.privacy.differentialPrivacy.noiseMultiplier) "
+        "|| has(self.privacy.differentialPrivacy.targetEpsilon)",
+        "privacy.differentialPrivacy.noiseMultiplier",
+        "privacy.differentialPrivacy.noiseMultiplier: set it, or targetEpsilon to calibrate it from",
+    ),
+    (
+        "self.aggregator.httpPort != self.aggregator.port",
+        "aggregator.httpPort",
+        "aggregator.httpPort must differ from aggregator.port",
+    ),
+)
+
+#: What a running job is made of; changing it would make the checkpoint and the devices' work meaningless.
+#: Mutable: suspend, activeDeadlineSeconds and aggregator (a new image or resources restarts the pod, which
+#: resumes from its checkpoint).
+IMMUTABLE_FIELDS = (
+    "rounds",
+    "seed",
+    "model",
+    "training",
+    "cohort",
+    "aggregation",
+    "evaluation",
+    "simulation",
+    "privacy",
+)
+
+
+def _validations() -> list[dict[str, str]]:
+    return [
+        {"rule": rule, "message": message, "fieldPath": "." + field, "reason": "FieldValueInvalid"}
+        for rule, field, message in CROSS_FIELD_RULES
+    ]
+
+
+def _with_immutable_fields(spec: Schema) -> Schema:
+    properties = dict(spec["properties"])
+    for name in IMMUTABLE_FIELDS:
+        rule = {"rule": "self == oldSelf", "message": f"{name} is immutable once the job exists"}
+        properties[name] = _ordered({**properties[name], "x-kubernetes-validations": [rule]})
+    return {**spec, "properties": properties}
+
+
+def spec_schema() -> Schema:
+    schema = structural_schema(FederatedJobSpec.model_json_schema(by_alias=True))
+    schema["description"] = "What to train, on which fleet, and how rounds are run and aggregated."
+    schema["x-kubernetes-validations"] = _validations()
+    return _ordered(_with_immutable_fields(schema))
+
+
+def status_schema() -> Schema:
+    schema = structural_schema(
+        FederatedJobStatus.model_json_schema(by_alias=True), path="status", section_defaults=False
+    )
+    schema["description"] = "Observed state: conditions and endpoint from the operator, progress from the aggregator."
+    return _ordered(schema)
+
+
 def build_federatedjob_crd() -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CustomResourceDefinition of FederatedJob, as a plain dict."""
-    spec_schema = structural_schema(FederatedJobSpec.model_json_schema(by_alias=True))
-    spec_schema["description"] = "What to train, on which fleet, and how rounds are run and aggregated."
-    spec_schema = _ordered(spec_schema)
     root: Schema = {
         "description": "A federated training job over a fleet of devices.",
         "type": "object",
@@ -130,12 +255,8 @@ def build_federatedjob_crd() -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": {
-                "description": "Observed state, written by the operator.",
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
+            "spec": spec_schema(),
+            "status": status_schema(),
         },
         "required": ["spec"],
     }
@@ -168,14 +289,25 @@ def build_federatedjob_crd() -> dict[str, Any]:
     }
 
 
+_READY = '.status.conditions[?(@.type=="Ready")].status'
+
+
 def _printer_columns() -> list[dict[str, Any]]:
+    # `kubectl get federatedjobs`: progress at a glance; `-o wide` (priority 1) adds the details.
     return [
-        {"name": "Round", "type": "integer", "jsonPath": ".status.round"},
-        {"name": "Target", "type": "integer", "jsonPath": ".spec.rounds"},
+        {"name": "Round", "type": "integer", "jsonPath": ".status.round", "description": "Rounds completed"},
+        {"name": "Target", "type": "integer", "jsonPath": ".spec.rounds", "description": "Rounds to run"},
+        {"name": "Participants", "type": "integer", "jsonPath": ".status.participants"},
+        {"name": "Epsilon", "type": "number", "jsonPath": ".status.epsilonSpent", "description": "DP ε spent"},
         {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy"},
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-        {"name": "Strategy", "type": "string", "jsonPath": ".spec.aggregation.strategy", "priority": 1},
+        {"name": "Ready", "type": "string", "jsonPath": _READY},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+        {"name": "Strategy", "type": "string", "jsonPath": ".spec.aggregation.strategy", "priority": 1},
+        {"name": "Devices", "type": "integer", "jsonPath": ".spec.simulation.devices", "priority": 1},
+        {"name": "Dropped", "type": "integer", "jsonPath": ".status.dropped", "priority": 1},
+        {"name": "Churn", "type": "number", "jsonPath": ".status.churn", "priority": 1},
+        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     ]
 
 

@@ -225,6 +225,33 @@ class PrivacySpec(SpecModel):
     )
 
 
+#: A Kubernetes resource quantity ("500m", "1", "2Gi", "1.5e3"), as the API server's own pattern has it.
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+class ResourceListSpec(SpecModel):
+    """CPU and memory of the aggregator container. Quantities are strings: write `cpu: "1"`, not `cpu: 1`."""
+
+    cpu: str | None = Field(None, max_length=64, pattern=QUANTITY_PATTERN, description='CPU, e.g. "500m" or "2".')
+    memory: str | None = Field(None, max_length=64, pattern=QUANTITY_PATTERN, description='Memory, e.g. "512Mi".')
+
+
+class ResourcesSpec(SpecModel):
+    requests: ResourceListSpec = Field(default_factory=ResourceListSpec)
+    limits: ResourceListSpec = Field(default_factory=ResourceListSpec)
+
+
+class AggregatorSpec(SpecModel):
+    """The aggregator pod the operator runs for the job in a cluster (ignored by `fedfleet run`)."""
+
+    image: str | None = Field(
+        None, min_length=1, max_length=512, description="Aggregator image; default: the operator's aggregator image."
+    )
+    port: int = Field(50051, ge=1, le=65535, description="gRPC port devices connect to (TLS, device tokens).")
+    http_port: int = Field(9090, ge=1, le=65535, description="HTTP port of /metrics, /healthz and /readyz.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
 class FederatedJobSpec(SpecModel):
     rounds: int = Field(
         ..., ge=1, le=100000, description="Training rounds to run; a failed round leaves the model unchanged."
@@ -237,10 +264,23 @@ class FederatedJobSpec(SpecModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    suspend: bool = Field(
+        False, description="Stop the aggregator, keeping its checkpoint, until this is false again (cluster only)."
+    )
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=31_536_000,
+        description="Fail the job (reason DeadlineExceeded) once its aggregator has run this long; suspending "
+        "resets the clock, as for a Kubernetes Job (cluster only).",
+    )
+    aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:
         cohort, agg = self.cohort, self.aggregation
+        if self.aggregator.http_port == self.aggregator.port:
+            raise SpecError("aggregator.httpPort", f"must differ from aggregator.port ({self.aggregator.port})")
         if cohort.min_reports is not None and cohort.min_reports > cohort.clients_per_round:
             raise SpecError("cohort.minReports", f"must be at most cohort.clientsPerRound ({cohort.clients_per_round})")
         if cohort.clients_per_round > self.simulation.devices:

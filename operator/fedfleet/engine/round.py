@@ -90,6 +90,24 @@ class TrainingRound:
             self._loss_weight += update.num_examples
         return Outcome.COMPLETED
 
+    def admit(self, device_id: str, round_number: int) -> None:
+        """Check the sender of an update before its payload is read: in the cohort, this round, first report.
+
+        Raises UpdateRejected (counted like any rejection) so a transport can refuse a stream at its header.
+        """
+        try:
+            validate_sender(device_id, round_number, self.config, self._cohort, self._outcomes)
+        except UpdateRejected as rejection:
+            self._count_rejection(device_id, rejection)
+            raise
+
+    def reject(self, device_id: str, rejection: UpdateRejected) -> None:
+        """Count an update the transport refused before it became a ModelUpdate (corrupt stream, wrong layout).
+
+        Like every rejection, it leaves the aggregate and the device's chance to report untouched.
+        """
+        self._count_rejection(device_id, rejection)
+
     def report_late(self, device_id: str, nbytes: int) -> None:
         """Record a report known to arrive too late without materialising it (used by the simulator)."""
         if device_id in self._cohort and device_id not in self._outcomes:
@@ -130,29 +148,20 @@ class TrainingRound:
         try:
             validate_update(update, self.config, self._cohort, self._outcomes)
         except UpdateRejected as rejection:
-            self._rejected_reasons[rejection.reason] = self._rejected_reasons.get(rejection.reason, 0) + 1
-            if update.device_id in self._cohort and update.device_id not in self._outcomes:
-                self._rejected_devices.add(update.device_id)
+            self._count_rejection(update.device_id, rejection)
             raise
+
+    def _count_rejection(self, device_id: str, rejection: UpdateRejected) -> None:
+        self._rejected_reasons[rejection.reason] = self._rejected_reasons.get(rejection.reason, 0) + 1
+        if device_id in self._cohort and device_id not in self._outcomes:
+            self._rejected_devices.add(device_id)
 
 
 def validate_update(
     update: ModelUpdate, config: RoundConfig, cohort: frozenset[str], outcomes: dict[str, Outcome]
 ) -> None:
     """Every rule an update must meet before it may touch the aggregate, cheapest first."""
-    if update.device_id not in cohort:
-        raise UpdateRejected(
-            RejectReason.NOT_IN_COHORT, f"device {update.device_id} is not in round {config.number}'s cohort"
-        )
-    if update.round != config.number:
-        raise UpdateRejected(
-            RejectReason.WRONG_ROUND,
-            f"update is for round {update.round}, the current round is {config.number}",
-        )
-    if update.device_id in outcomes:
-        raise UpdateRejected(
-            RejectReason.DUPLICATE, f"device {update.device_id} already reported in round {config.number}"
-        )
+    validate_sender(update.device_id, update.round, config, cohort, outcomes)
     delta = update.delta
     if config.max_update_bytes is not None and delta.nbytes > config.max_update_bytes:
         raise UpdateRejected(
@@ -169,3 +178,18 @@ def validate_update(
         )
     if not np.isfinite(delta).all():
         raise UpdateRejected(RejectReason.NON_FINITE, "update contains NaN or Inf")
+
+
+def validate_sender(
+    device_id: str, round_number: int, config: RoundConfig, cohort: frozenset[str], outcomes: dict[str, Outcome]
+) -> None:
+    """The rules about who reports: an invitee of this round, reporting for the first time."""
+    if device_id not in cohort:
+        raise UpdateRejected(RejectReason.NOT_IN_COHORT, f"device {device_id} is not in round {config.number}'s cohort")
+    if round_number != config.number:
+        raise UpdateRejected(
+            RejectReason.WRONG_ROUND,
+            f"update is for round {round_number}, the current round is {config.number}",
+        )
+    if device_id in outcomes:
+        raise UpdateRejected(RejectReason.DUPLICATE, f"device {device_id} already reported in round {config.number}")

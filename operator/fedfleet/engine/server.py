@@ -25,9 +25,15 @@ if TYPE_CHECKING:  # the caller builds it; the engine never imports the DP libra
     from fedfleet.privacy.job import JobPrivacy
 
 
+#: Fields that say how and where a job runs in a cluster, not what it computes: changing them (suspending a
+#: job, moving its aggregator to another image or port) must not stop it from resuming its checkpoint.
+_RUNTIME_ONLY_FIELDS = frozenset({"suspend", "activeDeadlineSeconds", "aggregator"})
+
+
 def spec_digest(spec: FederatedJobSpec) -> str:
     """A stable fingerprint of everything that determines the job's result."""
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    fields = {k: v for k, v in spec.model_dump(mode="json", by_alias=True).items() if k not in _RUNTIME_ONLY_FIELDS}
+    canonical = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -52,6 +52,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"
     SHAPE = "shape"
     DTYPE = "dtype"
+    LAYOUT = "layout"  # tensor names of the payload do not match the model's
     NON_FINITE = "non_finite"
     BAD_WEIGHT = "bad_weight"
     TOO_LARGE = "too_large"

@@ -1,0 +1,174 @@
+"""The gRPC servicer of fedfleet.v1.Aggregator: authentication, then one call into the Coordinator.
+
+Thin on purpose: domain errors become status codes here and nowhere else, so the coordinator and the
+engine stay free of gRPC. Every refusal carries a one-line message and, in the trailing metadata
+`fedfleet-error`, a stable machine-readable reason the device SDK branches on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from fedfleet.engine.round import UpdateRejected
+from fedfleet.engine.types import Outcome, RejectReason
+from fedfleet.proto import codec
+from fedfleet.proto.v1 import aggregator_pb2 as pb
+from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier
+
+from .coordinator import BadReport, Coordinator, DeviceUnknown, ModelVersionGone, TaskKind, TaskView
+
+ERROR_KEY = "fedfleet-error"
+
+REJECTION_CODES: dict[RejectReason, grpc.StatusCode] = {
+    RejectReason.NOT_IN_COHORT: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.WRONG_ROUND: grpc.StatusCode.OUT_OF_RANGE,
+    RejectReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
+    RejectReason.SHAPE: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.DTYPE: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.LAYOUT: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.NON_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.BAD_WEIGHT: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RejectReason.CORRUPT: grpc.StatusCode.DATA_LOSS,
+    RejectReason.ROUND_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+TOKEN_CODES: dict[TokenProblem, grpc.StatusCode] = {
+    TokenProblem.MISSING: grpc.StatusCode.UNAUTHENTICATED,
+    TokenProblem.MALFORMED: grpc.StatusCode.UNAUTHENTICATED,
+    TokenProblem.BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
+    TokenProblem.WRONG_JOB: grpc.StatusCode.PERMISSION_DENIED,
+    TokenProblem.EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+_TASK_KINDS = {
+    TaskKind.WAIT: pb.Task.WAIT,
+    TaskKind.TRAIN: pb.Task.TRAIN,
+    TaskKind.EVALUATE: pb.Task.EVALUATE,
+    TaskKind.DONE: pb.Task.DONE,
+}
+
+
+async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
+    await context.abort(code, message, trailing_metadata=((ERROR_KEY, reason),))
+    raise AssertionError("context.abort returned")  # it always raises
+
+
+class AggregatorService:
+    """Implements fedfleet.v1.Aggregator (registered with `add_AggregatorServicer_to_server`)."""
+
+    def __init__(self, coordinator: Coordinator, verifier: TokenVerifier, chunk_bytes: int) -> None:
+        self._coordinator = coordinator
+        self._verifier = verifier
+        self._chunk_bytes = chunk_bytes
+
+    async def _device(self, context: Any) -> str:
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, rest = value.partition(" ")
+                token = rest.strip() if scheme.lower() == "bearer" else None
+        try:
+            return self._verifier.verify(token).device_id
+        except TokenError as err:
+            await _abort(context, TOKEN_CODES[err.problem], err.message, f"token_{err.problem.value}")
+
+    def _observe(self, method: str, started: float) -> None:
+        self._coordinator.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:
+        started = time.perf_counter()
+        device_id = await self._device(context)
+        if request.device_id != device_id:
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"device_id {request.device_id!r} does not match the token's device {device_id!r}",
+                "device_mismatch",
+            )
+        coordinator = self._coordinator
+        coordinator.check_in(device_id, request)
+        self._observe("CheckIn", started)
+        return pb.CheckInResponse(
+            job=coordinator.job_name,
+            next_round=coordinator.next_round,
+            total_rounds=coordinator.spec.rounds,
+            job_done=coordinator.done,
+            poll_seconds=coordinator.settings.poll_seconds,
+        )
+
+    async def GetTask(self, request: pb.GetTaskRequest, context: Any) -> pb.Task:
+        device_id = await self._device(context)
+        try:
+            task = await self._coordinator.next_task(device_id, request.availability, request.wait_seconds)
+        except DeviceUnknown as err:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err), "not_checked_in")
+        return self._task_message(task)
+
+    def _task_message(self, task: TaskView) -> pb.Task:
+        message = pb.Task(
+            kind=_TASK_KINDS[task.kind],
+            round=task.round,
+            model_version=task.model_version,
+            deadline_seconds=task.deadline_seconds,
+            next_round=task.next_round,
+        )
+        if task.kind == TaskKind.TRAIN:
+            spec = self._coordinator.spec
+            message.training.CopyFrom(
+                pb.TrainingConfig(
+                    local_epochs=spec.training.local_epochs,
+                    batch_size=spec.training.batch_size,
+                    learning_rate=spec.training.learning_rate,
+                    proximal_mu=spec.proximal_mu,
+                )
+            )
+        return message
+
+    async def DownloadModel(self, request: pb.DownloadModelRequest, context: Any) -> AsyncIterator[pb.ModelChunk]:
+        await self._device(context)
+        try:
+            snapshot = self._coordinator.model(request.model_version)
+        except ModelVersionGone as err:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(err), "model_version_gone")
+        yield pb.ModelChunk(
+            header=pb.ModelHeader(
+                model_version=snapshot.version,
+                dtype=codec.WIRE_DTYPE,
+                layout=codec.layout_to_proto(self._coordinator.layout),
+                total_bytes=len(snapshot.payload),
+                sha256=snapshot.sha256,
+            )
+        )
+        sent = self._coordinator.metrics.bytes_sent
+        for part in codec.split(snapshot.payload, self._chunk_bytes):
+            yield pb.ModelChunk(data=bytes(part))
+            sent.inc(len(part))
+
+    async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: Any) -> pb.UploadResponse:
+        started = time.perf_counter()
+        device_id = await self._device(context)
+        try:
+            result = await self._coordinator.upload(device_id, request_iterator)
+        except UpdateRejected as err:
+            await _abort(
+                context, REJECTION_CODES[err.reason], f"update rejected ({err.reason}): {err.message}", err.reason
+            )
+        self._observe("UploadUpdate", started)
+        return pb.UploadResponse(
+            result=pb.UploadResponse.ACCEPTED if result.outcome == Outcome.COMPLETED else pb.UploadResponse.LATE,
+            round=result.round,
+            next_round=result.next_round,
+        )
+
+    async def ReportEvaluation(self, request: pb.EvaluationReport, context: Any) -> pb.ReportEvaluationResponse:
+        device_id = await self._device(context)
+        try:
+            accepted = self._coordinator.report_evaluation(device_id, request)
+        except BadReport as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), "bad_report")
+        return pb.ReportEvaluationResponse(accepted=accepted, next_round=self._coordinator.next_round)

@@ -1,0 +1,180 @@
+"""The device's loop: check in, long-poll for tasks, train or evaluate, upload; reconnect by itself.
+
+A `Trainer` does the local work (fedfleet.device.torch_trainer trains a torch model on local arrays; the
+simulated fleet adds heterogeneity and dropouts). The agent owns the protocol: it re-checks-in when the
+aggregator no longer knows it (after a restart), backs off with jitter while the aggregator is down, skips
+an upload whose deadline has passed, and stops when the job is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from fedfleet.engine.types import Vector
+from fedfleet.proto import codec
+
+from .client import AggregatorError, Capabilities, DeviceClient, Model, Task
+from .retry import Backoff
+from .training import EvalResult, LocalResult
+
+log = logging.getLogger("fedfleet.device")
+
+FATAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+class Trainer(Protocol):
+    async def train(self, task: Task, weights: Vector) -> LocalResult | None:
+        """The local update for a TRAIN task, or None when the device drops out of the round."""
+
+    async def evaluate(self, task: Task, weights: Vector) -> EvalResult | None:
+        """The evaluation on held-out data for an EVALUATE task, or None when there is none."""
+
+
+@dataclass
+class AgentStats:
+    trained: int = 0
+    accepted: int = 0
+    late: int = 0
+    skipped_past_deadline: int = 0
+    dropped: int = 0
+    evaluations: int = 0
+    check_ins: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    done: bool = False
+
+
+class DeviceAgent:
+    def __init__(
+        self,
+        client: DeviceClient,
+        trainer: Trainer,
+        *,
+        consent: bool = True,
+        capabilities: Capabilities | None = None,
+        availability: Callable[[int], bool] = lambda next_round: True,
+        layout: codec.Layout | None = None,
+    ) -> None:
+        self.client = client
+        self.trainer = trainer
+        self.consent = consent
+        self.capabilities = capabilities or Capabilities()
+        self.availability = availability
+        self.layout = layout  # the device model's tensor layout; default: the server's
+        self.stats = AgentStats()
+        self.next_round = 0
+        self.poll_seconds = 10.0
+        self._model: Model | None = None
+        self._last_contact = time.monotonic()
+        self._backoff = Backoff()
+
+    async def run(self, stop: asyncio.Event | None = None) -> AgentStats:
+        """Take part until the job is done (or `stop` is set). Raises AggregatorError when refused for good."""
+        stop = stop or asyncio.Event()
+        await self._check_in()
+        while not stop.is_set() and not self.stats.done:
+            try:
+                task = await self.client.next_task(
+                    available=self.availability(self.next_round),
+                    for_round=self.next_round,
+                    wait_seconds=self.poll_seconds,
+                )
+                self.next_round = task.next_round
+                self._last_contact = time.monotonic()
+                await self._do(task, stop)
+            except AggregatorError as err:
+                await self._recover(err)
+        return self.stats
+
+    async def _check_in(self) -> None:
+        available = self.availability(self.next_round)
+        result = await self.client.check_in(
+            consent=self.consent, capabilities=self.capabilities, available=available, for_round=self.next_round
+        )
+        self.stats.check_ins += 1
+        self.poll_seconds = result.poll_seconds or self.poll_seconds
+        self.stats.done = result.job_done
+        if result.next_round != self.next_round:
+            self.next_round = result.next_round
+            # Availability was judged for another round: say it again for the right one.
+            if self.availability(self.next_round) != available:
+                await self.client.check_in(
+                    consent=self.consent,
+                    capabilities=self.capabilities,
+                    available=self.availability(self.next_round),
+                    for_round=self.next_round,
+                )
+
+    async def _recover(self, err: AggregatorError) -> None:
+        if err.code in FATAL_CODES:
+            raise err
+        if err.reason == "not_checked_in":
+            log.info("%s: unknown to the aggregator (restarted?): checking in again", self.client.device_id)
+            await self._check_in()  # the aggregator restarted and forgot this device
+            return
+        if err.transient:
+            # A call ran out of retries (an upload, at its task's deadline): keep going until the aggregator
+            # has been silent for the client's whole patience, then give up.
+            if time.monotonic() - self._last_contact > self.client.give_up_after:
+                raise err
+            log.info("%s: %s; retrying", self.client.device_id, err)
+            await asyncio.sleep(next(self._backoff.delays()))
+            return
+        if err.reason is not None and err.code != grpc.StatusCode.NOT_FOUND:
+            self.stats.rejected[err.reason] = self.stats.rejected.get(err.reason, 0) + 1
+        log.info("%s: %s", self.client.device_id, err)
+
+    async def _do(self, task: Task, stop: asyncio.Event) -> None:
+        if task.kind == "done":
+            log.info("%s: the job is done", self.client.device_id)
+            self.stats.done = True
+        elif task.kind == "train":
+            await self._train(task, stop)
+        elif task.kind == "evaluate":
+            await self._evaluate(task)
+
+    async def _weights(self, task: Task) -> Model:
+        if self._model is None or self._model.version != task.model_version:
+            self._model = await self.client.download_model(task.model_version, deadline=task.deadline)
+        return self._model
+
+    async def _train(self, task: Task, stop: asyncio.Event) -> None:
+        model = await self._weights(task)
+        result = await self.trainer.train(task, model.weights)
+        if result is None:
+            # Gone for the rest of the round (switched off, out of coverage): back after its deadline.
+            self.stats.dropped += 1
+            left = task.seconds_left()
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), left)
+            return
+        self.stats.trained += 1
+        if time.monotonic() >= task.deadline:
+            self.stats.skipped_past_deadline += 1
+            return
+        receipt = await self.client.upload_update(
+            task, result.delta, result.num_examples, result.train_loss, self.layout or model.layout
+        )
+        self.next_round = receipt.next_round
+        if receipt.accepted:
+            self.stats.accepted += 1
+        else:
+            self.stats.late += 1
+
+    async def _evaluate(self, task: Task) -> None:
+        model = await self._weights(task)
+        result = await self.trainer.evaluate(task, model.weights)
+        if result is None:
+            return
+        await self.client.report_evaluation(
+            task, num_examples=result.num_examples, loss=result.loss, accuracy=result.accuracy
+        )
+        self.stats.evaluations += 1

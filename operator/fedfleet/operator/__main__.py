@@ -1,0 +1,5 @@
+import sys
+
+from fedfleet.operator.main import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Operator settings: images, ports, storage and timing, from the command line (`python -m fedfleet.operator`)
+or the environment (`kopf run -m fedfleet.operator.handlers`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fedfleet import __version__
+
+StateStorage = Literal["pvc", "emptyDir"]
+EndpointMode = Literal["pod", "service"]
+
+ENV_PREFIX = "FEDFLEET_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    #: Runs the aggregator (`fedfleet aggregator`); a job's spec.aggregator.image overrides it.
+    aggregator_image: str = f"fedfleet/aggregator:{__version__}"
+    #: Runs the aggregator pod's init step (`python -m fedfleet.operator.certinit`): the operator's own image,
+    #: which has `cryptography` but no torch.
+    operator_image: str = f"fedfleet/operator:{__version__}"
+    #: pvc: a PersistentVolumeClaim per job holds the checkpoint, so a recreated aggregator pod resumes.
+    #: emptyDir: no storage needed, but a recreated pod starts the job again (only a restarted container resumes).
+    state_storage: StateStorage = "pvc"
+    state_size: str = "1Gi"
+    storage_class: str | None = None
+    #: pod: devices are told <pod IP>:<port> (no Service routing needed, as on the local dev cluster);
+    #: service: <service>.<namespace>.svc:<port>, for devices inside the cluster.
+    endpoint_mode: EndpointMode = "pod"
+    #: Seconds between periodic reconciliations of each job (deadlines, progress, missing children).
+    resync_seconds: float = 3.0
+    #: A container restarting this often without becoming ready makes the job Stalled.
+    stalled_restarts: int = 3
+    namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
+    #: Outside a cluster only: never taken from $KUBECONFIG or ~/.kube/config implicitly.
+    kubeconfig: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if environ is None else environ
+        base = cls()
+
+        def get(name: str, default: str) -> str:
+            return env.get(ENV_PREFIX + name, default)
+
+        storage = get("STATE_STORAGE", base.state_storage)
+        if storage not in ("pvc", "emptyDir"):
+            raise ValueError(f"{ENV_PREFIX}STATE_STORAGE: must be pvc or emptyDir, got {storage!r}")
+        mode = get("ENDPOINT_MODE", base.endpoint_mode)
+        if mode not in ("pod", "service"):
+            raise ValueError(f"{ENV_PREFIX}ENDPOINT_MODE: must be pod or service, got {mode!r}")
+        namespaces = tuple(n for n in get("NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            aggregator_image=get("AGGREGATOR_IMAGE", base.aggregator_image),
+            operator_image=get("IMAGE", base.operator_image),
+            state_storage=storage,  # type: ignore[arg-type]
+            state_size=get("STATE_SIZE", base.state_size),
+            storage_class=get("STORAGE_CLASS", "") or None,
+            endpoint_mode=mode,  # type: ignore[arg-type]
+            resync_seconds=_positive(get("RESYNC_SECONDS", str(base.resync_seconds)), "RESYNC_SECONDS"),
+            stalled_restarts=int(_positive(get("STALLED_RESTARTS", str(base.stalled_restarts)), "STALLED_RESTARTS")),
+            namespaces=tuple(n.strip() for n in namespaces),
+            kubeconfig=Path(get("KUBECONFIG", "")) if get("KUBECONFIG", "") else None,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes from_env() return this config (how main() hands it to the handlers)."""
+        env = {
+            "AGGREGATOR_IMAGE": self.aggregator_image,
+            "IMAGE": self.operator_image,
+            "STATE_STORAGE": self.state_storage,
+            "STATE_SIZE": self.state_size,
+            "STORAGE_CLASS": self.storage_class or "",
+            "ENDPOINT_MODE": self.endpoint_mode,
+            "RESYNC_SECONDS": str(self.resync_seconds),
+            "STALLED_RESTARTS": str(self.stalled_restarts),
+            "NAMESPACES": ",".join(self.namespaces),
+            "KUBECONFIG": str(self.kubeconfig) if self.kubeconfig else "",
+        }
+        return {ENV_PREFIX + k: v for k, v in env.items()}
+
+
+def _positive(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name}: must be a number, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"{ENV_PREFIX}{name}: must be greater than 0, got {text!r}")
+    return value

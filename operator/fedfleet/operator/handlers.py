@@ -1,0 +1,184 @@
+"""kopf handlers for FederatedJob: thin, every one of them ends in `reconcile_job`.
+
+    kopf run -m fedfleet.operator.handlers --standalone --all-namespaces   # settings from FEDFLEET_OPERATOR_*
+    python -m fedfleet.operator --all-namespaces                          # the same, with flags (main.py)
+
+What triggers a reconciliation: the job's creation, a spec change, the operator's (re)start (`resume`), a
+change of one of its aggregator pods, and a timer every `resync_seconds` (deadlines, progress reported by
+the aggregator, children deleted by hand). Each reconciliation reads the job and its children afresh, so the
+trigger carries no information and a missed one costs at most one timer interval. A per-job lock keeps two
+triggers of the same job from interleaving in this process.
+
+Persistence choices (kopf `settings.persistence`):
+* handler progress and the last-handled spec go into annotations under `fedfleet.io/` — not into `status`,
+  whose schema is structural and owned by the operator and the aggregator;
+* the finalizer `fedfleet.io/finalizer` is kopf's (timers need one to be stopped cleanly). It does not
+  guard any cleanup: children carry owner references and garbage collection removes them. If the operator
+  is down, a deleted job waits for it; remove the finalizer by hand to delete it anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+
+from fedfleet.api.crd import PLURAL
+from fedfleet.api.federatedjob import API_GROUP, API_VERSION
+from fedfleet.api.status import FederatedJobStatus
+from fedfleet.operator import credentials, naming
+from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.k8s import ApiError, ForeignObject, JobApi, KubeClient
+from fedfleet.operator.metrics import OperatorMetrics
+from fedfleet.operator.reconcile import reconcile
+from fedfleet.operator.resources import new_job_credentials
+
+CONFIG = OperatorConfig.from_env()
+FINALIZER = f"{API_GROUP}/finalizer"
+RETRY_DELAY = 5.0
+# Watch streams: the API server ends each watch after SERVER_TIMEOUT seconds and kopf starts a new one; a
+# stream that stays silent past CLIENT_TIMEOUT (a dead connection that never closed) is dropped and
+# re-established instead of hanging forever: the most reported kopf failure.
+SERVER_TIMEOUT = 60
+CLIENT_TIMEOUT = 90
+CONNECT_TIMEOUT = 10
+
+log = logging.getLogger("fedfleet.operator")
+
+
+@dataclass
+class OperatorState:
+    config: OperatorConfig
+    api: JobApi
+    metrics: OperatorMetrics
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.watching.server_timeout = SERVER_TIMEOUT
+    settings.watching.client_timeout = CLIENT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Our Events say what happened to a job; kopf's own would repeat each handler run.
+    settings.posting.level = logging.WARNING
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    metrics = memo.get("metrics")
+    if metrics is None:  # `kopf run -m`: metrics on a private registry, not served
+        from prometheus_client import CollectorRegistry
+
+        metrics = OperatorMetrics(CollectorRegistry())
+    creds = credentials.load(CONFIG.kubeconfig)
+    memo["state"] = OperatorState(CONFIG, JobApi(KubeClient.connect(creds)), metrics)
+    log.info("fedfleet operator ready (aggregator image %s)", CONFIG.aggregator_image)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    state: OperatorState | None = memo.get("state")
+    if state is not None:
+        await state.api.client.close()
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    creds = credentials.load(CONFIG.kubeconfig)
+    token = creds.bearer()
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=str(creds.ca_file) if creds.ca_file else None,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=str(creds.cert_file) if creds.cert_file else None,
+        private_key_path=str(creds.key_file) if creds.key_file else None,
+        default_namespace=creds.namespace,
+    )
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
+async def job_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await reconcile_job(memo["state"], namespace or "default", name)
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
+async def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await reconcile_job(memo["state"], namespace or "default", name)
+
+
+@kopf.on.event("v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_JOB: kopf.PRESENT})
+async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    try:
+        await reconcile_job(memo["state"], namespace or "default", labels[naming.LABEL_JOB])
+    except kopf.TemporaryError as exc:
+        log.info("job %s/%s: %s (the timer retries)", namespace, labels[naming.LABEL_JOB], exc)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
+async def job_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    # The children go by garbage collection (owner references); the pod gets SIGTERM and its grace period.
+    state: OperatorState = memo["state"]
+    state.metrics.forget_job(namespace or "default", name)
+    state.locks.pop((namespace or "default", name), None)
+
+
+async def reconcile_job(state: OperatorState, namespace: str, name: str) -> None:
+    lock = state.locks.setdefault((namespace, name), asyncio.Lock())
+    async with lock, _outcome(state, namespace, name):
+        job = await state.api.get_job(namespace, name)
+        if job is None or "deletionTimestamp" in job.body["metadata"]:
+            return
+        observed = await state.api.observe(job)
+        creds = None
+        if "Secret" not in observed.present and not job.status().terminal:
+            # Key generation is CPU work: keep it off the event loop.
+            creds = await asyncio.to_thread(new_job_credentials, job.identity)
+        plan = reconcile(job, observed, state.config, dt.datetime.now(dt.UTC), creds)
+        await state.api.apply(job, plan)
+        merged = {**(job.body.get("status") or {}), **plan.status}
+        status = FederatedJobStatus.model_validate({k: v for k, v in merged.items() if v is not None})
+        state.metrics.observe_job(namespace, name, int(job.body.get("spec", {}).get("rounds", 0)), status)
+        for event in plan.events:
+            log.info("job %s/%s: %s: %s", namespace, name, event.reason, event.message)
+
+
+class _outcome:
+    """Times a reconciliation and counts its outcome; turns API trouble into kopf.TemporaryError."""
+
+    def __init__(self, state: OperatorState, namespace: str, name: str) -> None:
+        self.state, self.where = state, f"{namespace}/{name}"
+        self._timer = state.metrics.timed()
+
+    async def __aenter__(self) -> None:
+        self._timer.__enter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        self._timer.__exit__(None, None, None)
+        metrics = self.state.metrics
+        if exc is None:
+            metrics.outcome("success")
+            return False
+        if isinstance(exc, ForeignObject | aiohttp.ClientError | TimeoutError) or (
+            isinstance(exc, ApiError) and (exc.status in (409, 429) or exc.status >= 500)
+        ):
+            metrics.outcome("requeue")
+            raise kopf.TemporaryError(f"job {self.where}: {exc}", delay=RETRY_DELAY) from exc
+        if isinstance(exc, ApiError):
+            metrics.outcome("error")
+            raise kopf.TemporaryError(f"job {self.where}: {exc}", delay=RETRY_DELAY * 6) from exc
+        metrics.outcome("error")
+        return False

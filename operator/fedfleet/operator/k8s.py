@@ -1,0 +1,221 @@
+"""The only module of the operator that calls the Kubernetes API (kopf's own watching aside).
+
+Plain JSON over aiohttp (already a kopf dependency): the builders produce API-shaped dicts, and a generated
+client would only convert them back and forth. Every call has a timeout; errors surface as `ApiError` with
+the HTTP status, so callers decide what is temporary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from fedfleet.api.federatedjob import API_GROUP, API_VERSION
+from fedfleet.operator import naming
+from fedfleet.operator.credentials import Credentials
+from fedfleet.operator.job import JobRef
+from fedfleet.operator.reconcile import EventSpec, Observed, Plan
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+COMPONENT = "fedfleet-operator"
+
+# kind -> (API prefix, plural) of the children the operator creates.
+KINDS: Mapping[str, tuple[str, str]] = {
+    "Pod": ("/api/v1", "pods"),
+    "Service": ("/api/v1", "services"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+}
+# The fixed-name children besides the pod, and the name each has.
+STATIC_CHILDREN: Mapping[str, Any] = {
+    "ServiceAccount": naming.aggregator_name,
+    "Role": naming.aggregator_name,
+    "RoleBinding": naming.aggregator_name,
+    "Secret": naming.secret_name,
+    "ConfigMap": naming.aggregator_name,
+    "PersistentVolumeClaim": naming.claim_name,
+    "Service": naming.aggregator_name,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, method: str, path: str, body: Any) -> None:
+        message = body.get("message", "") if isinstance(body, dict) else str(body)[:300]
+        super().__init__(f"{method} {path}: {status} {message}")
+        self.status = status
+        self.message = message
+
+
+def object_path(kind: str, namespace: str, name: str | None = None) -> str:
+    prefix, plural = KINDS[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def job_path(namespace: str, name: str, subresource: str = "") -> str:
+    path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/federatedjobs/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class KubeClient:
+    def __init__(self, credentials: Credentials, session: aiohttp.ClientSession) -> None:
+        self._credentials = credentials
+        self._session = session
+
+    @classmethod
+    def connect(cls, credentials: Credentials) -> KubeClient:
+        """Call from inside the running event loop (aiohttp binds the session to it)."""
+        context = ssl.create_default_context(cafile=str(credentials.ca_file) if credentials.ca_file else None)
+        if credentials.cert_file is not None and credentials.key_file is not None:
+            context.load_cert_chain(str(credentials.cert_file), str(credentials.key_file))
+        connector = aiohttp.TCPConnector(ssl=context, limit=16)
+        return cls(credentials, aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
+    ) -> JSON:
+        headers = {"Accept": "application/json"}
+        token = self._credentials.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            headers["Content-Type"] = content_type
+        url = self._credentials.server.rstrip("/") + path
+        async with self._session.request(method, url, json=body, headers=headers, params=params or None) as resp:
+            try:
+                payload: Any = await resp.json(content_type=None)
+            except ValueError:
+                payload = await resp.text()
+            if resp.status >= 400:
+                raise ApiError(resp.status, method, path, payload)
+            return payload if isinstance(payload, dict) else {}
+
+    async def get(self, path: str) -> JSON | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: JSON) -> bool:
+        """True when created, False when it already existed (a race with another reconcile, or a restart)."""
+        try:
+            await self.request("POST", path, body)
+        except ApiError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: JSON) -> JSON:
+        return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, body: JSON | None = None) -> bool:
+        try:
+            await self.request("DELETE", path, body)
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+
+class ForeignObject(Exception):
+    """A child's name is taken by an object this job does not own."""
+
+
+class JobApi:
+    """What the handlers do to the cluster for one FederatedJob, in API calls."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def get_job(self, namespace: str, name: str) -> JobRef | None:
+        body = await self.client.get(job_path(namespace, name))
+        return JobRef.from_body(body) if body is not None else None
+
+    async def observe(self, job: JobRef) -> Observed:
+        """The job's children as they are now. Children that another owner controls do not count as ours."""
+        pod = await self._child("Pod", job, naming.aggregator_name(job.name))
+        present: set[str] = set()
+        configmap_data: dict[str, str] | None = None
+        for kind, name_of in STATIC_CHILDREN.items():
+            obj = await self._child(kind, job, name_of(job.name))
+            if obj is None:
+                continue
+            present.add(kind)
+            if kind == "ConfigMap":
+                configmap_data = obj.get("data") or {}
+        return Observed(pod=pod, present=frozenset(present), configmap_data=configmap_data)
+
+    async def _child(self, kind: str, job: JobRef, name: str) -> JSON | None:
+        obj = await self.client.get(object_path(kind, job.namespace, name))
+        if obj is not None and not _owned_by(obj, job):
+            # Left by an earlier job of the same name that garbage collection has not removed yet (or made by
+            # hand): never adopt it; the caller retries until it is gone.
+            raise ForeignObject(f"{kind} {job.namespace}/{name} exists but does not belong to this job")
+        return obj
+
+    async def apply(self, job: JobRef, plan: Plan) -> None:
+        """Carry out a plan: children first (the pod last, so its volumes exist), then status, then Events."""
+        for obj in plan.create:
+            await self.client.create(object_path(obj["kind"], job.namespace), obj)
+        for obj in plan.update:
+            path = object_path(obj["kind"], job.namespace, obj["metadata"]["name"])
+            await self.client.merge_patch(path, {"data": obj.get("data")})
+        if plan.delete_pod:
+            await self.delete_pod(job)
+        if plan.status:
+            await self.client.merge_patch(job_path(job.namespace, job.name, "status"), {"status": plan.status})
+        for event in plan.events:
+            await self.post_event(job, event)
+
+    async def delete_pod(self, job: JobRef) -> None:
+        """Delete the aggregator pod with its grace period: it gets SIGTERM and keeps its last checkpoint."""
+        name = naming.aggregator_name(job.name)
+        await self.client.delete(object_path("Pod", job.namespace, name), {"propagationPolicy": "Background"})
+
+    async def post_event(self, job: JobRef, event: EventSpec) -> None:
+        now = dt.datetime.now(dt.UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": "FederatedJob",
+                "name": job.name,
+                "namespace": job.namespace,
+                "uid": job.uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self.client.create(f"/api/v1/namespaces/{job.namespace}/events", body)
+
+
+def _owned_by(obj: JSON, job: JobRef) -> bool:
+    return any(ref.get("uid") == job.uid for ref in obj["metadata"].get("ownerReferences", []))

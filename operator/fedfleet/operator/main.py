@@ -1,0 +1,88 @@
+"""`python -m fedfleet.operator` (and `fedfleet operator`): run the FederatedJob operator with kopf."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedfleet.operator.config import OperatorConfig
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = OperatorConfig()
+    p = argparse.ArgumentParser(prog="fedfleet operator", description="Run the FederatedJob operator.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    p.add_argument("--kubeconfig", type=Path, help="outside a cluster: this kubeconfig (never implicit)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 turns it off")
+    p.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 turns it off")
+    p.add_argument("--bind", default=os.environ.get("POD_IP") or os.environ.get("FEDFLEET_POD_IP") or "0.0.0.0",
+                   help="address of the metrics and health ports (default: $POD_IP)")  # fmt: skip
+    p.add_argument("--aggregator-image", default=defaults.aggregator_image)
+    p.add_argument("--operator-image", default=defaults.operator_image, help="image of the aggregator's init step")
+    p.add_argument("--state-storage", choices=("pvc", "emptyDir"), default=defaults.state_storage)
+    p.add_argument("--state-size", default=defaults.state_size, help="size of each job's checkpoint claim")
+    p.add_argument("--storage-class", default=None, help="storage class of the checkpoint claims")
+    p.add_argument("--endpoint-mode", choices=("pod", "service"), default=defaults.endpoint_mode)
+    p.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds)
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resync_seconds <= 0:
+        parser.error("--resync-seconds must be greater than 0")
+    for port in (args.metrics_port, args.health_port):
+        if not 0 <= port <= 65535:
+            parser.error(f"port {port} is outside 0..65535")
+    config = OperatorConfig(
+        aggregator_image=args.aggregator_image,
+        operator_image=args.operator_image,
+        state_storage=args.state_storage,
+        state_size=args.state_size,
+        storage_class=args.storage_class,
+        endpoint_mode=args.endpoint_mode,
+        resync_seconds=args.resync_seconds,
+        namespaces=tuple(args.namespace),
+        kubeconfig=args.kubeconfig,
+    )
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # The handlers module reads its settings from the environment when imported (that is how `kopf run -m`
+    # configures it too), so set them first.
+    os.environ.update(config.to_env())
+    import kopf
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from fedfleet.operator import handlers  # noqa: F401  (registers the handlers)
+    from fedfleet.operator.credentials import CredentialsError, load
+    from fedfleet.operator.metrics import OperatorMetrics
+
+    try:
+        load(config.kubeconfig)  # fail fast, with one line, when there is no way to reach the API server
+    except CredentialsError as exc:
+        print(f"fedfleet operator: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.bind, registry=registry)
+    liveness = f"http://{args.bind}:{args.health_port}/healthz" if args.health_port else None
+    kopf.run(
+        standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(metrics=metrics),
+    )
+    return 0

@@ -1,0 +1,89 @@
+"""Names, labels and paths shared by the builders, the reconcile step and the aggregator pod's init step.
+
+Every child's name is derived from the job's name, so a restarted operator finds what it created before
+instead of creating a second one, and creation races end in 409 AlreadyExists rather than duplicates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND
+
+JOB_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+MANAGED_BY = "fedfleet-operator"
+
+LABEL_JOB = f"{API_GROUP}/job"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+#: Hash of everything the aggregator pod is built from: a different hash means the pod must be replaced.
+ANNOTATION_POD_HASH = f"{API_GROUP}/pod-spec-hash"
+
+# Where things are inside the aggregator pod. Programs resolve these under $FEDFLEET_ROOT when it is set
+# (the local node agent runs pods as processes, with each mountPath under the pod's directory).
+CA_DIR = "/etc/fedfleet/ca"  # the job CA (certificate and key): mounted into the init container only
+AUTH_DIR = "/etc/fedfleet/auth"  # the device-token key
+CONFIG_DIR = "/etc/fedfleet/config"  # the aggregator configuration template (ConfigMap)
+RUN_DIR = "/etc/fedfleet/run"  # written by the init step: server certificate and the final configuration
+STATE_DIR = "/var/lib/fedfleet/state"  # checkpoints: a PersistentVolumeClaim, so a new pod resumes
+
+CONFIG_FILE = "aggregator.yaml"
+CA_CERT, CA_KEY, TOKEN_KEY = "ca.crt", "ca.key", "token.key"
+SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+
+# Environment of the aggregator container, read by fedfleet.aggregator.k8s_status.
+ENV_JOB_NAME = "FEDFLEET_JOB_NAME"
+ENV_JOB_NAMESPACE = "FEDFLEET_JOB_NAMESPACE"
+
+
+def aggregator_name(job: str) -> str:
+    """The aggregator's Pod, Service, ServiceAccount, Role, RoleBinding and ConfigMap share this name."""
+    return f"{job}-aggregator"
+
+
+def secret_name(job: str) -> str:
+    return f"{job}-credentials"
+
+
+def claim_name(job: str) -> str:
+    return f"{job}-state"
+
+
+def job_labels(job: str, component: str = "aggregator") -> dict[str, str]:
+    return {
+        LABEL_NAME: "fedfleet",
+        LABEL_INSTANCE: job,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_JOB: job,
+    }
+
+
+def selector_labels(job: str) -> dict[str, str]:
+    """What the Service selects: stable across pod recreation, unique to this job's aggregator."""
+    return {LABEL_JOB: job, LABEL_COMPONENT: "aggregator"}
+
+
+def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as the controlling owner: garbage collection deletes the child when the job goes."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": JOB_API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(job: dict[str, Any], name: str, component: str = "aggregator") -> dict[str, Any]:
+    meta = job["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": job_labels(meta["name"], component),
+        "ownerReferences": [owner_reference(job)],
+    }

@@ -1,0 +1,8 @@
+"""The pure reconcile step: a job, what exists of its children, and the time in; what to do out."""
+
+from __future__ import annotations
+
+from fedfleet.operator.reconcile.conditions import set_condition
+from fedfleet.operator.reconcile.plan import EventSpec, Observed, Plan, reconcile
+
+__all__ = ["EventSpec", "Observed", "Plan", "reconcile", "set_condition"]

@@ -1,0 +1,25 @@
+"""Pure builders of a job's child objects, as plain dicts shaped like the API's JSON."""
+
+from __future__ import annotations
+
+from fedfleet.operator.resources.configmap import build_configmap
+from fedfleet.operator.resources.credentials import JobCredentials, new_job_credentials
+from fedfleet.operator.resources.pod import build_aggregator_pod, pod_spec_hash
+from fedfleet.operator.resources.rbac import build_role, build_rolebinding, build_service_account
+from fedfleet.operator.resources.secret import build_secret
+from fedfleet.operator.resources.service import build_service
+from fedfleet.operator.resources.storage import build_state_claim
+
+__all__ = [
+    "JobCredentials",
+    "build_aggregator_pod",
+    "build_configmap",
+    "build_role",
+    "build_rolebinding",
+    "build_secret",
+    "build_service",
+    "build_service_account",
+    "build_state_claim",
+    "new_job_credentials",
+    "pod_spec_hash",
+]

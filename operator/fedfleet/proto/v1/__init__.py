@@ -1,0 +1,1 @@
+"""fedfleet.v1: the device ↔ aggregator protocol. `aggregator_pb2*` are generated: run `make proto`."""

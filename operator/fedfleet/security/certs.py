@@ -1,0 +1,136 @@
+"""A per-job certificate authority and the aggregator's server certificate, made with `cryptography`.
+
+Devices trust the job's CA (shipped with their token), not the system roots: a job's aggregator is reached
+at addresses no public CA would certify, and a CA per job means a certificate of one job is worthless for
+another. Keys are ECDSA P-256: small, fast to generate and to handshake with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedfleet.persist.atomic import atomic_write_bytes
+
+#: How long generated certificates are valid. A job runs for hours to days; a new job gets new ones.
+DEFAULT_VALIDITY = dt.timedelta(days=90)
+#: Backdating covers clock skew between the aggregator and the devices.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> TlsFiles:
+        return cls(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+
+    def exist(self) -> bool:
+        return self.ca_cert.exists() and self.server_cert.exists() and self.server_key.exists()
+
+
+def generate_ca(common_name: str, validity: dt.timedelta = DEFAULT_VALIDITY) -> KeyPair:
+    """A self-signed CA that may sign leaf certificates only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _private_pem(key))
+
+
+def issue_server_cert(ca: KeyPair, hosts: list[str], validity: dt.timedelta = DEFAULT_VALIDITY) -> KeyPair:
+    """A TLS server certificate for `hosts` (DNS names or IP addresses), signed by `ca`."""
+    if not hosts:
+        raise ValueError("a server certificate needs at least one host name or address")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA key must be an elliptic-curve key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + validity)
+        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in dict.fromkeys(hosts)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _private_pem(key))
+
+
+def write_tls_files(files: TlsFiles, job: str, hosts: list[str]) -> None:
+    """Generate a CA and a server certificate for `hosts` and write them (keys readable by the owner only).
+
+    The CA's private key is not written: nothing after this needs to sign again, and a key that is never
+    stored cannot leak.
+    """
+    ca = generate_ca(f"fedfleet job {job} CA")
+    server = issue_server_cert(ca, hosts)
+    atomic_write_bytes(files.ca_cert, ca.cert_pem)
+    atomic_write_bytes(files.server_cert, server.cert_pem)
+    atomic_write_bytes(files.server_key, server.key_pem)
+    files.server_key.chmod(0o600)
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)

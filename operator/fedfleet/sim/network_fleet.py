@@ -1,0 +1,191 @@
+"""The simulated fleet over real gRPC: `fedfleet device-sim`, and the fleet half of `fedfleet run --transport grpc`.
+
+Each simulated device of the job (its data partition, speed, availability, dropouts and attacks, all from
+`build_task`) runs the real device SDK as one asyncio task with its own TLS connection and token. Simulated
+compute and network time become real sleeps scaled by `time_scale`; the torch training itself runs in a small
+thread pool (one model per thread). Random draws use the same keyed streams as the in-process runtime, so a
+device makes the same choices (dropout, duration, training shuffle, attack) in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from fedfleet.api.federatedjob import FederatedJob
+from fedfleet.device.agent import AgentStats, DeviceAgent
+from fedfleet.device.client import Capabilities, DeviceClient, Task
+from fedfleet.device.retry import Backoff
+from fedfleet.device.torch_trainer import ModelPool, TorchTrainer
+from fedfleet.device.training import EvalResult, LocalResult
+from fedfleet.engine.seeding import Purpose, derive_seed, stream
+from fedfleet.engine.types import Vector
+from fedfleet.runtime.task import SimulatedTask, build_task
+from fedfleet.security.tokens import issue_token, job_identity
+from fedfleet.sim.attacks import attack_update
+from fedfleet.sim.fleet import DeviceProfile, is_available, training_seconds
+
+log = logging.getLogger("fedfleet.sim")
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    target: str  # host:port of the aggregator
+    token_key: bytes
+    ca_pem: bytes
+    devices: int | None = None  # the first N devices of the job's fleet (default: all)
+    time_scale: float = 1.0  # wall seconds per simulated second
+    workers: int = 2  # training threads
+    token_ttl_seconds: float = 86400.0
+    give_up_after: float = 120.0  # a device stops retrying after this long without an answer
+    consent: Callable[[int], bool] = lambda ordinal: True
+
+
+@dataclass
+class FleetReport:
+    devices: int
+    completed: int = 0  # devices that were told the job is done
+    totals: AgentStats = field(default_factory=AgentStats)
+    check_in_seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+class SimulatedTrainer:
+    """One simulated device's local work: real torch training, simulated duration, dropouts and attacks."""
+
+    def __init__(
+        self, task: SimulatedTask, profile: DeviceProfile, ordinal: int, time_scale: float, inner: TorchTrainer
+    ) -> None:
+        self.task = task
+        self.spec = task.spec
+        self.profile = profile
+        self.ordinal = ordinal
+        self.time_scale = time_scale
+        self.inner = inner
+
+    async def train(self, task: Task, weights: Vector) -> LocalResult | None:
+        rng = stream(self.spec.seed, Purpose.SIMULATION, task.round, self.ordinal)
+        if rng.random() < self.profile.dropout_probability:
+            return None
+        epochs = task.training.local_epochs if task.training else self.spec.training.local_epochs
+        seconds = training_seconds(self.profile, self.profile.num_examples, epochs, rng) * self.time_scale
+        started = time.monotonic()
+        result = await self.inner.train(task, weights)
+        if result is not None and self.profile.byzantine:
+            attack_rng = stream(self.spec.seed, Purpose.ATTACK, task.round, self.ordinal)
+            result = replace(result, delta=attack_update(result.delta, self.spec.simulation.byzantine, attack_rng))
+        # A straggler whose simulated time runs past the round's deadline misses it: it stops waiting there
+        # (the agent then skips the useless upload) instead of sleeping out a heavy-tailed duration.
+        left = min(seconds, task.deadline - started) - (time.monotonic() - started)
+        if left > 0:
+            await asyncio.sleep(left)
+        return result
+
+    async def evaluate(self, task: Task, weights: Vector) -> EvalResult | None:
+        return await self.inner.evaluate(task, weights)
+
+
+def _availability(profile: DeviceProfile, interval_hours: float) -> Callable[[int], bool]:
+    """Whether the device can work in round r: its daily window at the simulated hour round r starts."""
+
+    def available(next_round: int) -> bool:
+        return is_available(profile, (max(next_round, 1) - 1) * interval_hours)
+
+    return available
+
+
+async def run_fleet(
+    job: FederatedJob,
+    settings: FleetSettings,
+    task: SimulatedTask | None = None,
+    stop: asyncio.Event | None = None,
+) -> FleetReport:
+    """Run the simulated devices until the aggregator says the job is done, they give up, or `stop` is set."""
+    task = task or build_task(job.spec)
+    count = settings.devices if settings.devices is not None else len(task.fleet)
+    if not 1 <= count <= len(task.fleet):
+        raise ValueError(f"--devices must be in 1..{len(task.fleet)} (simulation.devices of the job), got {count}")
+    spec = job.spec
+    identity = job_identity(job.metadata.name, job.metadata.namespace)
+    interval_hours = spec.simulation.availability.round_interval_minutes / 60.0
+    models = ModelPool(task.new_model)
+    executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="fleet-train")
+    report = FleetReport(devices=count)
+    started = time.monotonic()
+
+    async def one(ordinal: int) -> AgentStats:
+        profile = task.fleet[ordinal]
+        token = issue_token(settings.token_key, identity, profile.device_id, settings.token_ttl_seconds)
+        inner = TorchTrainer(
+            models,
+            task.train.x[profile.train_indices],
+            task.train.y[profile.train_indices],
+            holdout_x=task.train.x[profile.holdout_indices],
+            holdout_y=task.train.y[profile.holdout_indices],
+            seed=lambda r: derive_seed(spec.seed, Purpose.TRAINING, r, ordinal),
+            executor=executor,
+        )
+        async with DeviceClient(
+            settings.target,
+            device_id=profile.device_id,
+            token=token,
+            root_certificates=settings.ca_pem,
+            backoff=Backoff(),
+            give_up_after=settings.give_up_after,
+        ) as client:
+            agent = DeviceAgent(
+                client,
+                SimulatedTrainer(task, profile, ordinal, settings.time_scale, inner),
+                consent=settings.consent(ordinal),
+                capabilities=Capabilities(
+                    train_examples=profile.num_examples,
+                    holdout_examples=int(profile.holdout_indices.size),
+                    platform="fedfleet-sim",
+                ),
+                availability=_availability(profile, interval_hours),
+            )
+            try:
+                return await agent.run(stop)
+            finally:
+                report.check_in_seconds.extend(client.check_in_seconds)
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    for ordinal, outcome in enumerate(results):
+        if isinstance(outcome, BaseException):
+            report.errors.append(f"{task.fleet[ordinal].device_id}: {outcome}")
+            continue
+        _add(report.totals, outcome)
+        report.completed += int(outcome.done)
+    report.wall_seconds = time.monotonic() - started
+    return report
+
+
+def _add(total: AgentStats, one: AgentStats) -> None:
+    total.trained += one.trained
+    total.accepted += one.accepted
+    total.late += one.late
+    total.skipped_past_deadline += one.skipped_past_deadline
+    total.dropped += one.dropped
+    total.evaluations += one.evaluations
+    total.check_ins += one.check_ins
+    for reason, n in one.rejected.items():
+        total.rejected[reason] = total.rejected.get(reason, 0) + n
+
+
+def render_report(report: FleetReport) -> str:
+    t = report.totals
+    return (
+        f"{report.completed}/{report.devices} devices finished in {report.wall_seconds:.1f}s: "
+        f"{t.trained} trainings, {t.accepted} accepted, {t.late} late, {t.dropped} dropped, "
+        f"{t.evaluations} evaluations, {t.check_ins} check-ins"
+        + (f", rejected {t.rejected}" if t.rejected else "")
+        + (f"; {len(report.errors)} errors (first: {report.errors[0]})" if report.errors else "")
+    )

@@ -1,0 +1,204 @@
+"""kill -9 the aggregator in the middle of a round, start it again on the same state dir: the job resumes
+from the last finished round, nothing is counted twice, the devices reconnect by themselves, the job ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fedfleet.persist.checkpoint import load_checkpoint
+
+FEDFLEET = Path(sys.executable).with_name("fedfleet")
+ROUNDS = 14
+
+JOB = f"""\
+apiVersion: fedfleet.io/v1alpha1
+kind: FederatedJob
+metadata:
+  name: crash-me
+spec:
+  rounds: {ROUNDS}
+  seed: 9
+  model: {{architecture: 2nn}}
+  training: {{localEpochs: 2, batchSize: 10, learningRate: 0.1}}
+  cohort: {{clientsPerRound: 6, overSelection: 1.5, minReports: 5, roundDeadlineSeconds: 20}}
+  evaluation: {{serverEvery: 1}}
+  simulation: {{devices: 30, dataset: digits, testSamples: 300, dropoutProbability: 0.1}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except OSError:
+        return 0, ""
+
+
+def gauges(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+            out[key] = s.value
+    return out
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_aggregator(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [str(FEDFLEET), "aggregator", "--config", str(config)], stdout=sink, stderr=sink, start_new_session=True
+        )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    state = tmp_path / "state"
+    (tmp_path / "job.yaml").write_text(JOB)
+    config = tmp_path / "aggregator.yaml"
+    config.write_text(
+        f"job: job.yaml\nlisten: {{host: 127.0.0.1, port: {grpc_port}}}\nhttp: {{host: 127.0.0.1, port: {http_port}}}\n"
+        "tls: {cert: tls/server.crt, key: tls/server.key, ca: tls/ca.crt, generate: true}\n"
+        "auth: {tokenKey: token.key, generate: true}\n"
+        "stateDir: state\ntimeScale: 0.05\nsettleSeconds: 0.5\npollSeconds: 2\nlingerSeconds: 10\n"
+    )
+    log = tmp_path / "aggregator.log"
+    fleet_log = tmp_path / "fleet.log"
+    aggregator = start_aggregator(config, log)
+    fleet: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the aggregator to be ready")
+        fleet = subprocess.Popen(
+            [str(FEDFLEET), "device-sim", "--aggregator", f"127.0.0.1:{grpc_port}", "--job", str(tmp_path / "job.yaml"),
+             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"), "--time-scale", "0.05",
+             "--give-up-after", "90",
+             "--log-level", "INFO"],
+            stdout=subprocess.PIPE, stderr=fleet_log.open("wb"), start_new_session=True,
+        )  # fmt: skip
+        metrics = state / "metrics.jsonl"
+
+        def finished_rounds() -> int:
+            return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+        wait_for(lambda: finished_rounds() >= 3, 90, "three finished rounds")
+
+        def mid_round() -> bool:
+            status, text = get(http_port, "/metrics")
+            g = gauges(text) if status == 200 else {}
+            # A round is open and has received updates, but has not finished.
+            return (
+                bool(g)
+                and g["fedfleet_round_current"] > g["fedfleet_rounds_completed"]
+                and (g["fedfleet_received_bytes_total"] > 0)
+            )
+
+        wait_for(mid_round, 30, "a round in progress")
+        os.killpg(aggregator.pid, signal.SIGKILL)
+        aggregator.wait()
+        killed_after = finished_rounds()
+        assert 3 <= killed_after < ROUNDS
+        ckpt = load_checkpoint(state / "checkpoint.npz")
+        assert ckpt is not None and ckpt.round == killed_after
+
+        aggregator = start_aggregator(config, log)
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the restarted aggregator to be ready")
+        _status, text = get(http_port, "/metrics")
+        g = gauges(text)
+        resumed_at = int(g["fedfleet_rounds_completed"])
+        records = [json.loads(line) for line in metrics.read_text().splitlines()][:resumed_at]
+        # Counters start from the checkpoint's totals: the rounds before the crash, each once.
+        assert g["fedfleet_participants_total{outcome=completed}"] == sum(r["participants"] for r in records)
+        assert g["fedfleet_rounds_total{result=succeeded}"] + g["fedfleet_rounds_total{result=failed}"] == resumed_at, g
+
+        out, _err = fleet.communicate(timeout=120)
+        assert fleet.returncode == 0, out.decode() + fleet_log.read_text()[-3000:]
+        assert "30/30 devices finished" in out.decode()
+        assert aggregator.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        for proc in (aggregator, fleet):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    text = log.read_text()
+    assert f"resuming crash-me after round {killed_after}" in text
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, ROUNDS + 1)), "every round exactly once"
+    final = load_checkpoint(state / "checkpoint.npz")
+    assert final is not None and final.round == ROUNDS
+    assert final.totals["outcomes"]["completed"] == sum(r["participants"] for r in records)
+    assert sum(final.totals["outcomes"].values()) == sum(r["invited"] for r in records)
+    assert final.totals["rounds_succeeded"] + final.totals["rounds_failed"] == ROUNDS
+    assert all(r["participants"] <= 6 for r in records)
+    assert records[-1]["accuracy"] > 0.6
+    assert np.isfinite(final.weights).all()
+    summary = json.loads((state / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["participants"] == final.totals["outcomes"]["completed"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_a_consistent_checkpoint(tmp_path: Path) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    (tmp_path / "job.yaml").write_text(JOB)
+    config = tmp_path / "aggregator.yaml"
+    config.write_text(
+        f"job: job.yaml\nlisten: {{host: 127.0.0.1, port: {grpc_port}}}\nhttp: {{host: 127.0.0.1, port: {http_port}}}\n"
+        "tls: {generate: true}\nauth: {generate: true}\nstateDir: state\ntimeScale: 0.05\nsettleSeconds: 0.5\n"
+    )
+    log = tmp_path / "aggregator.log"
+    aggregator = start_aggregator(config, log)
+    fleet: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the aggregator to be ready")
+        fleet = subprocess.Popen(
+            [str(FEDFLEET), "device-sim", "--aggregator", f"127.0.0.1:{grpc_port}", "--job", str(tmp_path / "job.yaml"),
+             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"), "--time-scale", "0.05"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        metrics = tmp_path / "state/metrics.jsonl"
+        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 60, "two rounds")
+        aggregator.send_signal(signal.SIGTERM)
+        assert aggregator.wait(timeout=15) == 3  # stopped before the job's end
+    finally:
+        for proc in (aggregator, fleet):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert "shutting down" in log.read_text()
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    ckpt = load_checkpoint(tmp_path / "state/checkpoint.npz")
+    assert ckpt is not None and ckpt.round == len(records) < ROUNDS
+    assert [r["round"] for r in records] == list(range(1, ckpt.round + 1))
+    assert ckpt.totals["outcomes"]["completed"] == sum(r["participants"] for r in records)
+    assert not (tmp_path / "state/model.pt").exists()

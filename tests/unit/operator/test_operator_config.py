@@ -1,0 +1,52 @@
+"""Operator settings round-trip through the environment (how `kopf run -m` and main() configure handlers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.credentials import CredentialsError, in_cluster
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    config = OperatorConfig(
+        aggregator_image="a:1",
+        operator_image="o:1",
+        state_storage="emptyDir",
+        storage_class="fast",
+        endpoint_mode="service",
+        resync_seconds=1.5,
+        namespaces=("x", "y"),
+        kubeconfig=Path("/tmp/kc"),
+    )
+    assert OperatorConfig.from_env(config.to_env()) == config
+    assert OperatorConfig.from_env({}) == OperatorConfig()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STATE_STORAGE", "disk", "pvc or emptyDir"),
+        ("ENDPOINT_MODE", "ingress", "pod or service"),
+        ("RESYNC_SECONDS", "0", "greater than 0"),
+        ("RESYNC_SECONDS", "soon", "must be a number"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"FEDFLEET_OPERATOR_{name}: .*{message}"):
+        OperatorConfig.from_env({f"FEDFLEET_OPERATOR_{name}": value})
+
+
+def test_in_cluster_credentials_resolve_under_the_pod_root(tmp_path: Path) -> None:
+    sa = tmp_path / "var/run/secrets/kubernetes.io/serviceaccount"
+    sa.mkdir(parents=True)
+    (sa / "token").write_text("tok\n")
+    (sa / "namespace").write_text("fedfleet-system")
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443", "FEDFLEET_ROOT": str(tmp_path)}
+    creds = in_cluster(env)
+    assert creds.server == "https://127.0.0.1:6443" and creds.namespace == "fedfleet-system"
+    assert creds.bearer() == "tok" and creds.ca_file == sa / "ca.crt"
+    with pytest.raises(CredentialsError, match="not in a cluster"):
+        in_cluster({})

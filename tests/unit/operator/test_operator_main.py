@@ -1,0 +1,33 @@
+"""`python -m fedfleet.operator`: bad flags and a missing cluster fail with one line, before kopf starts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fedfleet.operator.main import build_parser, main
+
+
+def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--resync-seconds", "0"], ["--metrics-port", "70000"], ["--state-storage", "disk"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_no_cluster_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "FEDFLEET_"))}
+    monkeypatch.setattr(os, "environ", env)  # main() exports its settings; keep them out of this process
+    assert main(["--metrics-port", "0", "--health-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not in a cluster" in err and "--kubeconfig" in err
+    assert env["FEDFLEET_OPERATOR_ENDPOINT_MODE"] == "pod"  # what the handlers module reads at import
+
+
+def test_namespace_flags_are_exclusive() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["--namespace", "a", "--namespace", "b"]).namespace == ["a", "b"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--namespace", "a", "--all-namespaces"])

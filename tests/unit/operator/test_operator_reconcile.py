@@ -1,0 +1,360 @@
+"""The reconcile step as a pure function: a job's life from creation to its end, and the rules on the way."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+from operator_jobs import SPEC, job_body
+
+from fedfleet.api.status import ConditionType, FederatedJobStatus
+from fedfleet.operator import naming
+from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.job import JobRef
+from fedfleet.operator.reconcile import Observed, Plan, reconcile, set_condition
+from fedfleet.operator.resources import JobCredentials
+
+CONFIG = OperatorConfig()
+T0 = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+ALL_STATIC = frozenset(
+    {"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "PersistentVolumeClaim", "Service"}
+)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+class World:
+    """A job and its children as the API server would hold them, with plans applied the way k8s.py does."""
+
+    def __init__(self, credentials: JobCredentials, spec: dict[str, Any] | None = None) -> None:
+        self.body = job_body(spec)
+        self.credentials = credentials
+        self.present: set[str] = set()
+        self.configmap: dict[str, str] | None = None
+        self.pod: dict[str, Any] | None = None
+        self.events: list[tuple[str, str]] = []
+        self.deleted_pods = 0
+
+    @property
+    def status(self) -> FederatedJobStatus:
+        return JobRef.from_body(self.body).status()
+
+    def cond(self, kind: ConditionType) -> tuple[str, str]:
+        found = self.status.condition(kind)
+        assert found is not None, kind
+        return found.status, found.reason
+
+    def step(self, now: dt.datetime, config: OperatorConfig = CONFIG) -> Plan:
+        observed = Observed(pod=self.pod, present=frozenset(self.present), configmap_data=self.configmap)
+        creds = self.credentials if "Secret" not in self.present else None
+        plan = reconcile(JobRef.from_body(self.body), observed, config, now, creds)
+        for obj in plan.create:
+            if obj["kind"] == "Pod":
+                assert self.pod is None, "a second aggregator pod"
+                self.pod = copy.deepcopy(obj)
+                self.pod["metadata"]["uid"] = f"pod-{len(self.events)}-{now.timestamp()}"
+                self.pod["status"] = {"phase": "Pending"}
+            else:
+                assert obj["kind"] not in self.present, f"{obj['kind']} created twice"
+                self.present.add(obj["kind"])
+                if obj["kind"] == "ConfigMap":
+                    self.configmap = obj["data"]
+        for obj in plan.update:
+            self.configmap = obj["data"]
+        if plan.delete_pod:
+            assert self.pod is not None
+            self.pod, self.deleted_pods = None, self.deleted_pods + 1
+        status = {**(self.body.get("status") or {}), **plan.status}
+        self.body["status"] = {k: v for k, v in status.items() if v is not None}
+        self.events += [(e.type, e.reason) for e in plan.events]
+        return plan
+
+    def pod_runs(self, ready: bool = True, ip: str = "127.0.10.7") -> None:
+        assert self.pod is not None
+        self.pod["status"] = {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [{"name": "aggregator", "ready": ready, "restartCount": 0, "state": {"running": {}}}],
+        }
+
+    def aggregator_reports(self, **fields: Any) -> None:
+        self.body["status"] = {**self.body.get("status", {}), **fields}
+
+    def edit_spec(self, **changes: Any) -> None:
+        self.body["spec"] = {**self.body["spec"], **changes}
+        self.body["metadata"]["generation"] += 1
+
+
+def running_world(credentials: JobCredentials, spec: dict[str, Any] | None = None) -> World:
+    world = World(credentials, spec)
+    world.step(at(0))
+    world.pod_runs()
+    world.step(at(1))
+    return world
+
+
+# --- creation -----------------------------------------------------------------------------------------
+
+
+def test_a_new_job_gets_all_its_children_and_a_pending_status(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    plan = world.step(at(0))
+    kinds = [o["kind"] for o in plan.create]
+    assert kinds == [
+        "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "PersistentVolumeClaim", "Service", "Pod",
+    ]  # fmt: skip
+    assert kinds.index("Pod") == len(kinds) - 1  # the pod last: its volumes exist when it starts
+    status = world.status
+    assert status.observed_generation == 1 and status.phase == "Pending"
+    assert world.cond(ConditionType.RECONCILING) == ("True", "CreatingAggregator")
+    assert world.cond(ConditionType.READY)[0] == "False"
+    assert world.cond(ConditionType.COMPLETE) == ("False", "AsExpected")
+    assert world.cond(ConditionType.FAILED) == ("False", "AsExpected")
+    assert [c.type for c in status.conditions] == ["Ready", "Reconciling", "Stalled", "Running", "Complete", "Failed"]
+    assert all(
+        c.last_transition_time == "2030-01-02T03:04:05Z" and c.observed_generation == 1 for c in status.conditions
+    )
+    assert ("Normal", "Created") in world.events
+
+
+def test_credentials_are_needed_only_while_the_secret_is_missing(credentials: JobCredentials) -> None:
+    with pytest.raises(ValueError, match="Secret is missing"):
+        reconcile(JobRef.from_body(job_body()), Observed(), CONFIG, at(0), None)
+    plan = reconcile(JobRef.from_body(job_body()), Observed(present=ALL_STATIC), CONFIG, at(0), None)
+    assert [o["kind"] for o in plan.create] == ["Pod"]
+
+
+def test_ready_aggregator_makes_the_job_running_with_an_endpoint(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    world.step(at(0))
+    world.pod_runs(ready=False)
+    world.step(at(1))
+    assert world.cond(ConditionType.RUNNING) == ("True", "AggregatorRunning")
+    assert world.cond(ConditionType.READY) == ("False", "AggregatorNotReady")
+    assert world.cond(ConditionType.RECONCILING) == ("True", "AggregatorStarting")
+    world.pod_runs(ready=True)
+    world.step(at(2))
+    status = world.status
+    assert status.phase == "Running" and status.endpoint == "127.0.10.7:50051"
+    assert status.start_time == "2030-01-02T03:04:06Z"  # when the process first ran: the deadline clock
+    assert world.cond(ConditionType.READY) == ("True", "AggregatorReady")
+    assert world.cond(ConditionType.RECONCILING)[0] == "False"
+    assert status.aggregator_pod is not None and status.aggregator_pod.name == "digits-aggregator"
+    assert ("Normal", "AggregatorRunning") in world.events
+
+
+def test_reconciling_a_settled_job_changes_nothing(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    before = copy.deepcopy(world.body["status"])
+    plan = world.step(at(60))
+    assert plan.idle, plan  # no API writes at all: the timer may run every few seconds
+    assert world.body["status"] == before
+
+
+def test_service_endpoint_mode(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    world.step(at(0))
+    world.pod_runs()
+    world.step(at(1), OperatorConfig(endpoint_mode="service"))
+    assert world.status.endpoint == "digits-aggregator.team-a.svc:50051"
+
+
+def test_last_transition_time_moves_only_when_a_status_flips(credentials: JobCredentials) -> None:
+    conditions = set_condition([], ConditionType.READY, False, "A", "", at(0), 1)
+    same = set_condition(conditions, ConditionType.READY, False, "B", "other reason", at(10), 2)
+    assert same[0].last_transition_time == conditions[0].last_transition_time
+    assert (same[0].reason, same[0].observed_generation) == ("B", 2)
+    flipped = set_condition(same, ConditionType.READY, True, "C", "", at(20), 2)
+    assert flipped[0].last_transition_time == "2030-01-02T03:04:25Z"
+
+
+# --- the end ------------------------------------------------------------------------------------------
+
+
+def test_all_rounds_reported_completes_the_job(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.aggregator_reports(round=3, accuracy=0.91, participants=3)
+    plan = world.step(at(30))
+    assert world.cond(ConditionType.COMPLETE) == ("True", "RoundsCompleted")
+    assert world.cond(ConditionType.READY) == ("True", "RoundsCompleted")
+    assert world.cond(ConditionType.RUNNING)[0] == "False"
+    assert world.status.phase == "Complete" and world.status.completion_time == "2030-01-02T03:04:35Z"
+    complete = world.status.condition(ConditionType.COMPLETE)
+    assert complete is not None and "3/3 rounds, accuracy 0.9100" in complete.message
+    assert ("Normal", "Completed") in world.events
+    assert not plan.delete_pod  # the aggregator finishes on its own (linger, then exit 0)
+
+
+def test_an_early_outcome_completes_with_its_reason(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.aggregator_reports(round=1, outcome={"reason": "PrivacyBudgetExhausted", "message": "ε 3.0 spent"})
+    world.step(at(30))
+    assert world.cond(ConditionType.COMPLETE) == ("True", "PrivacyBudgetExhausted")
+
+
+def test_a_succeeded_pod_completes_the_job(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    assert world.pod is not None
+    world.pod["status"]["phase"] = "Succeeded"
+    world.step(at(30))
+    assert world.cond(ConditionType.COMPLETE)[0] == "True"
+
+
+def test_terminal_conditions_never_flip_back(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.aggregator_reports(round=3)
+    world.step(at(30))
+    done = copy.deepcopy(world.body["status"]["conditions"])
+    world.pod = None  # the finished aggregator pod is removed by someone
+    world.edit_spec(suspend=True)
+    plan = world.step(at(40))
+    assert not plan.create and not plan.delete_pod  # nothing is started again after the end
+    assert world.body["status"]["conditions"] == done
+    assert world.status.observed_generation == 2
+    # The helper refuses too: a True terminal condition stays as it is.
+    conditions = world.status.conditions
+    again = set_condition(conditions, ConditionType.COMPLETE, False, "Whatever", "", at(50), 3)
+    assert again == list(conditions)
+
+
+def test_active_deadline_fails_the_job_and_stops_the_aggregator(credentials: JobCredentials) -> None:
+    world = running_world(credentials, {**SPEC, "activeDeadlineSeconds": 100})
+    assert not world.step(at(100)).delete_pod  # 99 s since it started running
+    plan = world.step(at(101))
+    assert plan.delete_pod
+    assert world.cond(ConditionType.FAILED) == ("True", "DeadlineExceeded")
+    assert world.cond(ConditionType.COMPLETE)[0] == "False"
+    assert world.status.phase == "Failed" and world.status.endpoint is None
+    assert ("Warning", "DeadlineExceeded") in world.events
+    assert not world.step(at(200)).create  # a failed job is not restarted
+
+
+def test_a_spec_the_models_refuse_fails_permanently(credentials: JobCredentials) -> None:
+    # Schema-valid, but a rule only the models know (and the CRD would have caught it, had it been applied
+    # before the CEL rule existed): the operator says so instead of crash-looping an aggregator.
+    world = World(credentials, {**SPEC, "cohort": {"clientsPerRound": 9}})
+    plan = world.step(at(0))
+    assert not plan.create
+    assert world.cond(ConditionType.FAILED) == ("True", "InvalidSpec")
+    assert world.cond(ConditionType.STALLED) == ("True", "InvalidSpec")
+    failed = world.status.condition(ConditionType.FAILED)
+    assert failed is not None and "spec.cohort.clientsPerRound" in failed.message
+
+
+# --- disruptions -------------------------------------------------------------------------------------
+
+
+def test_a_deleted_aggregator_pod_is_recreated_once(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.aggregator_reports(round=1)
+    world.pod = None
+    plan = world.step(at(10))
+    assert [o["kind"] for o in plan.create] == ["Pod"]
+    assert ("Normal", "AggregatorRecreated") in world.events
+    assert world.cond(ConditionType.READY)[0] == "False"
+    assert world.status.phase == "Running" and world.status.endpoint is None
+    assert not world.step(at(11)).create  # the pod exists (Pending): no second one
+
+
+def test_a_terminating_pod_is_waited_for(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    assert world.pod is not None
+    world.pod["metadata"]["deletionTimestamp"] = "2030-01-02T03:05:00Z"
+    plan = world.step(at(10))
+    assert not plan.create and not plan.delete_pod
+    assert world.cond(ConditionType.RECONCILING) == ("True", "WaitingForAggregator")
+
+
+def test_an_aggregator_spec_change_replaces_the_pod(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.edit_spec(aggregator={"port": 6000, "httpPort": 6001})
+    plan = world.step(at(10))
+    assert [o["kind"] for o in plan.update] == ["ConfigMap"] and plan.delete_pod
+    assert ("Normal", "UpdatingAggregator") in world.events
+    world.step(at(11))
+    assert world.pod is not None
+    assert [p["containerPort"] for p in world.pod["spec"]["containers"][0]["ports"]] == [6000, 6001]
+    assert world.status.observed_generation == 2
+
+
+def test_a_crash_looping_aggregator_stalls_the_job(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    assert world.pod is not None
+    world.pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    world.pod["status"]["containerStatuses"] = [
+        {
+            "name": "aggregator",
+            "ready": False,
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 2}},
+        }
+    ]
+    world.step(at(10))
+    status, reason = world.cond(ConditionType.STALLED)
+    assert (status, reason) == ("True", "CrashLoopBackOff")
+    stalled = world.status.condition(ConditionType.STALLED)
+    assert stalled is not None and "exit code 2" in stalled.message
+    assert world.cond(ConditionType.READY)[0] == "False"
+    assert ("Warning", "CrashLoopBackOff") in world.events
+
+
+def test_a_missing_secret_mount_stalls_the_job(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    world.step(at(0))
+    assert world.pod is not None
+    world.pod["status"] = {
+        "phase": "Pending",
+        "initContainerStatuses": [
+            {"name": "prepare", "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError"}}}
+        ],
+    }
+    world.step(at(1))
+    assert world.cond(ConditionType.STALLED) == ("True", "CreateContainerConfigError")
+
+
+def test_suspend_stops_the_aggregator_and_resume_restarts_it(credentials: JobCredentials) -> None:
+    world = running_world(credentials, {**SPEC, "activeDeadlineSeconds": 100})
+    world.aggregator_reports(round=1)
+    world.edit_spec(suspend=True)
+    plan = world.step(at(50))
+    assert plan.delete_pod and world.deleted_pods == 1
+    assert world.status.phase == "Suspended" and world.status.start_time is None and world.status.endpoint is None
+    assert world.cond(ConditionType.RUNNING) == ("False", "Suspended")
+    assert world.cond(ConditionType.READY) == ("False", "Suspended")
+    assert ("Normal", "Suspended") in world.events
+    assert not world.step(at(500)).create  # suspended time does not count against the deadline...
+    assert world.cond(ConditionType.FAILED)[0] == "False"
+    world.edit_spec(suspend=False)
+    plan = world.step(at(600))
+    assert [o["kind"] for o in plan.create] == ["Pod"]
+    assert ("Normal", "Resumed") in world.events
+    assert ("Normal", "AggregatorRecreated") not in world.events  # a resume is not a lost pod
+    world.pod_runs()
+    world.step(at(601))
+    resumed = world.status
+    assert resumed.start_time == "2030-01-02T03:14:06Z"  # ...the clock restarted on resume
+    assert world.cond(ConditionType.RUNNING)[0] == "True"
+    assert world.body["status"]["round"] == 1  # the aggregator's progress is never touched by the operator
+
+
+def test_observed_generation_follows_the_spec(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.edit_spec(activeDeadlineSeconds=1000)
+    world.step(at(5))
+    assert world.status.observed_generation == 2
+    assert {c.observed_generation for c in world.status.conditions} == {2}
+
+
+def test_children_deleted_by_hand_are_recreated(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.present.discard("Service")
+    world.present.discard("Role")
+    plan = world.step(at(5))
+    assert [o["kind"] for o in plan.create] == ["Role", "Service"]
+    assert all(o["metadata"]["name"] == naming.aggregator_name("digits") for o in plan.create)

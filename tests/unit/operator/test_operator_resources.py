@@ -1,0 +1,216 @@
+"""The pure builders: every child is owned by its job, labelled, and only as powerful as it needs to be."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from operator_jobs import job_body
+
+from fedfleet.aggregator.config import AggregatorConfig, load_config_job
+from fedfleet.api.federatedjob import FederatedJobSpec
+from fedfleet.operator import naming
+from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.resources import (
+    JobCredentials,
+    build_aggregator_pod,
+    build_configmap,
+    build_role,
+    build_rolebinding,
+    build_secret,
+    build_service,
+    build_service_account,
+    build_state_claim,
+    pod_spec_hash,
+)
+from fedfleet.operator.resources.configmap import aggregator_config
+
+CONFIG = OperatorConfig()
+
+
+def _spec(body: dict[str, Any]) -> FederatedJobSpec:
+    return FederatedJobSpec.model_validate(body["spec"])
+
+
+def _children(credentials: JobCredentials) -> list[dict[str, Any]]:
+    body = job_body()
+    spec = _spec(body)
+    text = build_configmap(body, spec)["data"][naming.CONFIG_FILE]
+    return [
+        build_service_account(body),
+        build_role(body),
+        build_rolebinding(body),
+        build_secret(body, credentials),
+        build_configmap(body, spec),
+        build_state_claim(body, CONFIG),
+        build_service(body, spec),
+        build_aggregator_pod(body, spec, CONFIG, text),
+    ]
+
+
+def test_every_child_is_controlled_by_its_job_and_labelled(credentials: JobCredentials) -> None:
+    for child in _children(credentials):
+        meta = child["metadata"]
+        assert meta["namespace"] == "team-a", child["kind"]
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "fedfleet.io/v1alpha1",
+            "kind": "FederatedJob",
+            "name": "digits",
+            "uid": "0f1e2d3c-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }, child["kind"]
+        assert meta["labels"][naming.LABEL_JOB] == "digits"
+        assert meta["labels"][naming.LABEL_MANAGED_BY] == "fedfleet-operator"
+        assert meta["name"].startswith("digits-")
+
+
+def test_names_are_fixed_so_a_restarted_operator_finds_its_children(credentials: JobCredentials) -> None:
+    names = {(c["kind"], c["metadata"]["name"]) for c in _children(credentials)}
+    assert names == {
+        ("ServiceAccount", "digits-aggregator"),
+        ("Role", "digits-aggregator"),
+        ("RoleBinding", "digits-aggregator"),
+        ("Secret", "digits-credentials"),
+        ("ConfigMap", "digits-aggregator"),
+        ("PersistentVolumeClaim", "digits-state"),
+        ("Service", "digits-aggregator"),
+        ("Pod", "digits-aggregator"),
+    }
+    assert _children(credentials) == _children(credentials)  # pure: same input, same objects
+
+
+def test_aggregator_role_patches_only_its_own_jobs_status() -> None:
+    role = build_role(job_body())
+    assert role["rules"] == [
+        {
+            "apiGroups": ["fedfleet.io"],
+            "resources": ["federatedjobs/status"],
+            "resourceNames": ["digits"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    binding = build_rolebinding(job_body())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "digits-aggregator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "digits-aggregator", "namespace": "team-a"}]
+
+
+def test_secret_holds_the_job_ca_and_token_key(credentials: JobCredentials) -> None:
+    secret = build_secret(job_body(), credentials)
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert set(data) == {"ca.crt", "ca.key", "token.key"}
+    assert secret["immutable"] is True
+    ca = x509.load_pem_x509_certificate(data["ca.crt"])
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert "team-a/digits" in ca.subject.rfc4514_string()
+    assert bytes.fromhex(data["token.key"].decode().strip()) == credentials.token_key
+    assert data["ca.key"].startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_only_the_init_step_mounts_the_ca_key() -> None:
+    body = job_body()
+    spec = _spec(body)
+    pod = build_aggregator_pod(body, spec, CONFIG, "x")
+    (init,) = pod["spec"]["initContainers"]
+    (main,) = pod["spec"]["containers"]
+    assert {m["name"] for m in init["volumeMounts"]} == {"ca", "config", "run"}
+    assert {m["name"] for m in main["volumeMounts"]} == {"auth", "run", "state"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert [i["key"] for i in volumes["ca"]["secret"]["items"]] == ["ca.crt", "ca.key"]
+    assert [i["key"] for i in volumes["auth"]["secret"]["items"]] == ["token.key"]
+    assert volumes["state"] == {"name": "state", "persistentVolumeClaim": {"claimName": "digits-state"}}
+
+
+def test_aggregator_pod_runs_the_aggregator_with_its_service_account() -> None:
+    body = job_body()
+    pod = build_aggregator_pod(body, _spec(body), CONFIG, "x")
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "digits-aggregator"
+    assert spec["restartPolicy"] == "OnFailure"  # exit 0 = job complete; anything else restarts and resumes
+    (main,) = spec["containers"]
+    assert main["image"] == CONFIG.aggregator_image
+    assert main["args"] == ["aggregator", "--config", "etc/fedfleet/run/aggregator.yaml"] and main["workingDir"] == "/"
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["FEDFLEET_JOB_NAME"] == "digits" and env["FEDFLEET_JOB_NAMESPACE"] == "team-a"
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": 50051, "http": 9090}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert "resources" not in main
+    init = spec["initContainers"][0]
+    assert init["image"] == CONFIG.operator_image
+    assert "--listen-host=$(POD_IP)" in init["args"]
+    assert "digits-aggregator.team-a.svc" in init["args"]
+
+
+def test_spec_image_ports_and_resources_reach_the_pod() -> None:
+    body = job_body({**job_body()["spec"], "aggregator": {
+        "image": "registry.example/agg:2", "port": 7000, "httpPort": 7001,
+        "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "500m"}},
+    }})  # fmt: skip
+    spec = _spec(body)
+    pod = build_aggregator_pod(body, spec, CONFIG, "x")
+    (main,) = pod["spec"]["containers"]
+    assert main["image"] == "registry.example/agg:2"
+    assert main["resources"] == {"requests": {"cpu": "500m"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert [p["containerPort"] for p in main["ports"]] == [7000, 7001]
+    service = build_service(body, spec)
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("grpc", 7000, "grpc"),
+        ("http", 7001, "http"),
+    ]
+    assert service["spec"]["selector"] == {naming.LABEL_JOB: "digits", naming.LABEL_COMPONENT: "aggregator"}
+
+
+def test_pod_hash_changes_with_what_the_pod_is_built_from_only() -> None:
+    body = job_body()
+    spec = _spec(body)
+    base = pod_spec_hash(body, spec, CONFIG, "config")
+    assert pod_spec_hash(body, spec, CONFIG, "config") == base
+    assert pod_spec_hash(body, spec, CONFIG, "other config") != base
+    other = OperatorConfig(aggregator_image="fedfleet/aggregator:9")
+    assert pod_spec_hash(body, spec, other, "config") != base
+    pod = build_aggregator_pod(body, spec, CONFIG, "config")
+    assert pod["metadata"]["annotations"][naming.ANNOTATION_POD_HASH] == base
+
+
+def test_empty_dir_state_needs_no_claim() -> None:
+    body = job_body()
+    pod = build_aggregator_pod(body, _spec(body), OperatorConfig(state_storage="emptyDir"), "x")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    claim = build_state_claim(body, OperatorConfig(storage_class="fast", state_size="2Gi"))
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "2Gi"}}
+
+
+def test_configmap_is_an_aggregator_config_for_this_job(tmp_path: Path) -> None:
+    body = job_body({**job_body()["spec"], "suspend": True, "activeDeadlineSeconds": 60})
+    spec = _spec(body)
+    text = build_configmap(body, spec)["data"]["aggregator.yaml"]
+    config = AggregatorConfig.model_validate(yaml.safe_load(text), by_alias=True, by_name=False)
+    job = load_config_job(config, tmp_path, "test")
+    assert (job.metadata.name, job.metadata.namespace) == ("digits", "team-a")  # tokens are for team-a/digits
+    assert job.spec.model_dump(exclude={"suspend", "active_deadline_seconds", "aggregator"}) == spec.model_dump(
+        exclude={"suspend", "active_deadline_seconds", "aggregator"}
+    )
+    assert job.spec.suspend is False  # cluster-only fields stay out: suspending is not a different job
+    assert str(config.state_dir) == "/var/lib/fedfleet/state/0f1e2d3c-uid"
+    assert (config.listen.port, config.http.port if config.http else None) == (50051, 9090)
+    assert config.tls.generate is False and config.auth.generate is False
+    assert str(config.auth.token_key) == "/etc/fedfleet/auth/token.key"
+
+
+def test_aggregator_config_differs_between_jobs_of_the_same_name() -> None:
+    first, second = job_body(), job_body()
+    second["metadata"]["uid"] = "another-uid"
+    spec = _spec(first)
+    assert aggregator_config(first, spec)["stateDir"] != aggregator_config(second, spec)["stateDir"]
+
+
+@pytest.mark.parametrize("cpu", ["500m", "2", "0.5", "1e3"])
+def test_quantities_follow_the_kubernetes_pattern(cpu: str) -> None:
+    FederatedJobSpec.model_validate({"rounds": 1, "aggregator": {"resources": {"limits": {"cpu": cpu}}}})
