@@ -20,7 +20,7 @@ from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from fedfleet.runtime.records import RunPaths
 from fedfleet.runtime.report import summarize, write_summary
-from fedfleet.runtime.task import SimulatedTask, build_task
+from fedfleet.runtime.task import SimulatedTask, build_task, save_model
 from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
@@ -28,7 +28,7 @@ from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 from .config import AggregatorConfig
 from .coordinator import Coordinator, CoordinatorSettings, RoundCallback
 from .endpoints import HttpEndpoints
-from .evaluation import ServerEvaluator, model_layout, save_model
+from .evaluation import ServerEvaluator, model_layout
 from .k8s_status import StatusReporter, outcome_status
 from .metrics import AggregatorMetrics
 from .service import AggregatorService

@@ -32,8 +32,14 @@ from fedfleet.engine.types import Outcome, RejectReason, RoundResult, Vector
 from fedfleet.persist.checkpoint import load_checkpoint, save_checkpoint
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
-from fedfleet.runtime.local import Evaluation
-from fedfleet.runtime.records import RoundRecord, RunPaths, append_record, truncate_records
+from fedfleet.runtime.records import (
+    Evaluation,
+    RoundRecord,
+    RunPaths,
+    append_record,
+    record_from_result,
+    truncate_records,
+)
 
 from .metrics import AggregatorMetrics
 from .registry import DeviceRegistry, DeviceState
@@ -485,25 +491,15 @@ class Coordinator:
         job_seconds: float,
         started_wall: float,
     ) -> RoundRecord:
-        invited = len(training_round.config.cohort)
-        return RoundRecord(
-            round=result.round,
-            succeeded=result.succeeded,
-            accuracy=evaluation.accuracy if evaluation else None,
-            loss=_finite(evaluation.loss) if evaluation else None,
-            train_loss=_finite(result.train_loss),
-            federated_accuracy=federated.accuracy if federated else None,
-            federated_loss=_finite(federated.loss) if federated else None,
-            invited=invited,
-            participants=result.count(Outcome.COMPLETED),
-            dropped=result.count(Outcome.DROPPED),
-            late=result.count(Outcome.LATE),
-            rejected=result.count(Outcome.REJECTED),
-            bytes_sent=invited * self.server.dim * 4,
-            bytes_received=result.bytes_received,
-            sim_seconds=round(job_seconds, 3),
-            wall_seconds=round(time.perf_counter() - started_wall, 4),
-            failure=result.failure,
+        return record_from_result(
+            result,
+            invited=len(training_round.config.cohort),
+            dim=self.server.dim,
+            evaluation=evaluation,
+            federated=federated,
+            sim_seconds=job_seconds,
+            wall_seconds=time.perf_counter() - started_wall,
+            epsilon=self.server.epsilon,
         )
 
     def _tasks_changed_now(self) -> None:
@@ -522,7 +518,3 @@ class Coordinator:
         progress = self._progress
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(progress.wait(), max(timeout, 0.0))
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

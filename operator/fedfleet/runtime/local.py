@@ -9,28 +9,32 @@ changing its result.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.device.training import evaluate, train_local
 from fedfleet.engine.round import TrainingRound, UpdateRejected
 from fedfleet.engine.seeding import Purpose, derive_seed, stream
 from fedfleet.engine.server import FederatedServer
-from fedfleet.engine.types import ModelUpdate, Outcome, RoundResult
+from fedfleet.engine.types import ModelUpdate
 from fedfleet.models.params import load_flat_parameters
 from fedfleet.persist.atomic import atomic_write_text
 from fedfleet.persist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fedfleet.runtime.records import RoundRecord, RunPaths, append_record, truncate_records
-from fedfleet.runtime.task import SimulatedTask, build_task
+from fedfleet.runtime.records import (
+    Evaluation,
+    RoundRecord,
+    RunPaths,
+    append_record,
+    record_from_result,
+    truncate_records,
+)
+from fedfleet.runtime.task import SimulatedTask, build_task, save_model
 from fedfleet.sim.attacks import attack_update
 from fedfleet.sim.fleet import is_available, training_seconds
 
@@ -50,13 +54,6 @@ def default_ledger_path() -> Path:
 
 class UnsupportedOnEmbeddedRuntime(Exception):
     """The job asks for something the embedded runtime cannot do."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    loss: float
-    accuracy: float
-    num_examples: int
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -147,10 +144,10 @@ class LocalRuntime:
 
         evaluation = self._server_evaluation(number)
         federated = self._federated_evaluation(number, available)
-        return _record(
+        return record_from_result(
             result,
             invited=len(training_round.config.cohort),
-            bytes_sent=len(training_round.config.cohort) * server.dim * 4,
+            dim=server.dim,
             evaluation=evaluation,
             federated=federated,
             sim_seconds=sim_seconds,
@@ -247,52 +244,4 @@ class LocalRuntime:
         return self.server.weights.copy()
 
     def save_model(self) -> Path:
-        load_flat_parameters(self.model, self.server.weights)
-        torch.save(
-            {
-                "architecture": self.spec.model.architecture,
-                "image_shape": self.task.train.image_shape,
-                "num_classes": self.task.train.num_classes,
-                "round": self.server.round,
-                "state_dict": self.model.state_dict(),
-            },
-            self.paths.model,
-        )
-        return self.paths.model
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _record(
-    result: RoundResult,
-    *,
-    invited: int,
-    bytes_sent: int,
-    evaluation: Evaluation | None,
-    federated: Evaluation | None,
-    sim_seconds: float,
-    wall_seconds: float,
-    epsilon: float | None,
-) -> RoundRecord:
-    return RoundRecord(
-        round=result.round,
-        succeeded=result.succeeded,
-        accuracy=evaluation.accuracy if evaluation else None,
-        loss=_finite(evaluation.loss) if evaluation else None,
-        train_loss=_finite(result.train_loss),
-        federated_accuracy=federated.accuracy if federated else None,
-        federated_loss=_finite(federated.loss) if federated else None,
-        invited=invited,
-        participants=result.count(Outcome.COMPLETED),
-        dropped=result.count(Outcome.DROPPED),
-        late=result.count(Outcome.LATE),
-        rejected=result.count(Outcome.REJECTED),
-        bytes_sent=bytes_sent,
-        bytes_received=result.bytes_received,
-        sim_seconds=round(sim_seconds, 3),
-        wall_seconds=round(wall_seconds, 4),
-        failure=result.failure,
-        epsilon=round(epsilon, 6) if epsilon is not None else None,
-    )
+        return save_model(self.paths.model, self.task, self.server.weights, self.server.round)

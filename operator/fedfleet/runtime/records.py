@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedfleet.engine.types import Outcome, RoundResult
 from fedfleet.persist.atomic import atomic_write_text
 
 
@@ -89,3 +91,51 @@ def truncate_records(path: Path, last_round: int) -> list[RoundRecord]:
 def append_record(path: Path, record: RoundRecord) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(record.to_json() + "\n")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's loss and accuracy on some examples: the server's test split, or devices' held-out data."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def record_from_result(
+    result: RoundResult,
+    *,
+    invited: int,
+    dim: int,
+    evaluation: Evaluation | None,
+    federated: Evaluation | None,
+    sim_seconds: float,
+    wall_seconds: float,
+    epsilon: float | None,
+) -> RoundRecord:
+    """The metrics.jsonl line of a closed round; the same for the embedded runtime and the aggregator."""
+    return RoundRecord(
+        round=result.round,
+        succeeded=result.succeeded,
+        accuracy=evaluation.accuracy if evaluation else None,
+        loss=_finite(evaluation.loss) if evaluation else None,
+        train_loss=_finite(result.train_loss),
+        federated_accuracy=federated.accuracy if federated else None,
+        federated_loss=_finite(federated.loss) if federated else None,
+        invited=invited,
+        participants=result.count(Outcome.COMPLETED),
+        dropped=result.count(Outcome.DROPPED),
+        late=result.count(Outcome.LATE),
+        rejected=result.count(Outcome.REJECTED),
+        bytes_sent=invited * dim * 4,  # every invitee downloads the float32 model
+        bytes_received=result.bytes_received,
+        sim_seconds=round(sim_seconds, 3),
+        wall_seconds=round(wall_seconds, 4),
+        failure=result.failure,
+        epsilon=round(epsilon, 6) if epsilon is not None else None,
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN: a loss that could not be computed is absent.
+    return value if value is not None and math.isfinite(value) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -11,7 +12,8 @@ from fedfleet.data.datasets import Dataset, load_dataset, train_test_split
 from fedfleet.engine.seeding import Purpose, derive_seed
 from fedfleet.engine.types import Vector
 from fedfleet.models.nets import build_model
-from fedfleet.models.params import flat_parameters
+from fedfleet.models.params import flat_parameters, load_flat_parameters
+from fedfleet.persist.atomic import atomic_writer
 from fedfleet.sim.fleet import DeviceProfile, build_fleet
 
 
@@ -60,3 +62,22 @@ def build_task(spec: FederatedJobSpec) -> SimulatedTask:
         train, test = data, None
     fleet = build_fleet(spec, train.y)
     return SimulatedTask(spec=spec, train=train, test=test, fleet=tuple(fleet))
+
+
+def save_model(path: Path, task: SimulatedTask, weights: Vector, round_number: int) -> Path:
+    """The final model as `fedfleet run` and the aggregator write it: architecture, input shape, classes and
+    the torch state_dict, so it loads with `build_model` without the job's manifest."""
+    model = task.new_model()
+    load_flat_parameters(model, weights)
+    with atomic_writer(path) as handle:
+        torch.save(
+            {
+                "architecture": task.spec.model.architecture,
+                "image_shape": task.train.image_shape,
+                "num_classes": task.train.num_classes,
+                "round": round_number,
+                "state_dict": model.state_dict(),
+            },
+            handle,
+        )
+    return path
