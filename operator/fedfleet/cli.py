@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport",
         choices=("grpc", "inprocess"),
         help="grpc (the default): an aggregator on loopback and the fleet over gRPC with TLS, the production "
-        "path; inprocess: the embedded runtime in simulated time, bit-reproducible (the default for jobs with "
-        "differential privacy, which the gRPC aggregator does not apply yet)",
+        "path; inprocess: the embedded runtime in simulated time, bit-reproducible (needed for distributed "
+        "differential privacy, which the gRPC aggregator does not run yet)",
     )
     run.add_argument("--time-scale", type=_positive, help="grpc: wall seconds per simulated second (default: 0.02)")
     run.set_defaults(handler=_cmd_run)
@@ -162,7 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         return _fail(str(exc))
     out: Path = args.out or Path("runs") / job.metadata.name
-    transport = args.transport or ("inprocess" if job.spec.privacy.differential_privacy.mode != "off" else "grpc")
+    transport = args.transport or "grpc"
     if args.time_scale is not None and transport != "grpc":
         return _fail("--time-scale only applies to --transport grpc")
 
@@ -183,7 +183,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         done = _done_rounds(out) if args.resume else 0
         progress = RoundProgress(total=job.spec.rounds, done=done, enabled=not args.quiet)
         try:
-            records = _run_grpc(job, out, args.time_scale, progress)
+            outcome = _run_grpc(job, out, args.time_scale, progress)
         except (CheckpointError, ValueError, OSError) as exc:
             progress.close()
             return _fail(str(exc))
@@ -191,10 +191,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress.close()
             return _fail(f"interrupted; continue with --resume --out {out}", 130)
         progress.close()
-        if records is None:
+        if outcome is None:
             return _fail(f"the fleet stopped before the job's end; continue with --resume --out {out}", EXIT_FAILED)
+        records, stop_reason = outcome
         _save_manifest(args, out)
-        return _report(job, out, records)
+        return _report(job, out, records, stop_reason=stop_reason)
 
     from fedfleet.runtime.local import LocalRuntime, UnsupportedOnEmbeddedRuntime
 
@@ -247,11 +248,12 @@ def _done_rounds(out: Path) -> int:
 
 def _run_grpc(
     job: FederatedJob, out: Path, time_scale: float | None, progress: RoundProgress
-) -> list[RoundRecord] | None:
+) -> tuple[list[RoundRecord], str | None] | None:
+    """The records and the early-stop reason of a complete job; None when it stopped before its end."""
     from fedfleet.aggregator.loopback import DEFAULT_TIME_SCALE, run_loopback
 
     result = asyncio.run(run_loopback(job, out, time_scale or DEFAULT_TIME_SCALE, on_round=progress.update))
-    return result.records if result.completed else None
+    return (result.records, result.stop_reason) if result.completed else None
 
 
 def _save_manifest(args: argparse.Namespace, out: Path) -> None:

@@ -18,7 +18,7 @@ from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
-from fedfleet.runtime.records import RunPaths
+from fedfleet.runtime.records import RoundRecord, RunPaths
 from fedfleet.runtime.report import summarize, write_summary
 from fedfleet.runtime.task import SimulatedTask, build_task, save_model
 from fedfleet.security import tokens
@@ -29,8 +29,9 @@ from .config import AggregatorConfig
 from .coordinator import Coordinator, CoordinatorSettings, RoundCallback
 from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator, model_layout
-from .k8s_status import StatusReporter, outcome_status
+from .k8s_status import JSON, StatusReporter, outcome_status
 from .metrics import AggregatorMetrics
+from .privacy import PrivacyExporter, build_job_privacy, check_privacy_supported, ledger_path, uses_privacy
 from .service import AggregatorService
 
 log = logging.getLogger("fedfleet.aggregator")
@@ -92,14 +93,7 @@ def create_grpc_server(
 
 def check_supported(job: FederatedJob) -> None:
     """Refuse what this aggregator does not run yet, rather than silently training without it."""
-    privacy = job.spec.privacy
-    if privacy.differential_privacy.mode != "off":
-        raise ValueError(
-            "spec.privacy.differentialPrivacy: the gRPC aggregator does not apply differential privacy yet;"
-            " run the job with `fedfleet run --transport inprocess`"
-        )
-    if privacy.secure_aggregation.enabled:
-        raise ValueError("spec.privacy.secureAggregation: the gRPC aggregator does not run secure aggregation yet")
+    check_privacy_supported(job)
 
 
 class AggregatorApp:
@@ -128,8 +122,14 @@ class AggregatorApp:
             device_ttl_seconds=config.device_ttl_seconds,
             max_update_bytes=config.max_update_bytes,
         )
+        identity = job_identity(job)
+        privacy = (
+            build_job_privacy(job, identity, self.paths, ledger_path(config.ledger_path, config.state_dir))
+            if uses_privacy(job)
+            else None
+        )
         self.coordinator = Coordinator(
-            job_identity(job),
+            identity,
             job.spec,
             self.task.initial_weights(),
             model_layout(self.task),
@@ -137,6 +137,10 @@ class AggregatorApp:
             self.metrics,
             settings,
             evaluator=ServerEvaluator(self.task),
+            privacy=privacy,
+        )
+        self.privacy_metrics = (
+            PrivacyExporter(self.registry, job, self.coordinator.server) if privacy is not None else None
         )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -152,6 +156,8 @@ class AggregatorApp:
         resumed = self.coordinator.restore()
         if resumed:
             log.info("resuming %s after round %d", self.coordinator.job_name, resumed)
+        if self.privacy_metrics is not None:
+            self.privacy_metrics.update()  # a resumed job shows the ε it already spent
         service = AggregatorService(
             self.coordinator, TokenVerifier(self.security.token_key, self.coordinator.job_name), self.config.chunk_bytes
         )
@@ -165,17 +171,37 @@ class AggregatorApp:
             self.http_port = await self._http.start(self.config.http.host, self.config.http.port)
         log.info("aggregator listening: gRPC %s:%d, HTTP %s", self.config.listen.host, self.grpc_port, self.http_port)
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a complete job ended before its last round (e.g. its privacy budget), or None."""
+        return self.coordinator.stop_reason
+
     async def run(self, on_round: RoundCallback | None = None) -> bool:
-        """Run the job's rounds; True when the job is complete (False: stopped before the end)."""
-        await self.coordinator.run(on_round)
+        """Run the job's rounds; True when the job is complete, which includes ending early on its privacy
+        budget (see `stop_reason`); False when stopped before the end."""
+        await self.coordinator.run(self._with_privacy_metrics(on_round))
         if not self.coordinator.done:
             return False
         self.finish_outputs()
         return True
 
+    def _with_privacy_metrics(self, on_round: RoundCallback | None) -> RoundCallback | None:
+        exporter = self.privacy_metrics
+        if exporter is None:
+            return on_round
+
+        def callback(record: RoundRecord) -> None:
+            exporter.update()
+            if on_round is not None:
+                on_round(record)
+
+        return callback
+
     def finish_outputs(self) -> None:
-        save_model(self.paths.model, self.task, self.coordinator.server.weights, self.coordinator.server.round)
-        summary = summarize(self.coordinator.records, self.job.metadata.name, self.coordinator.server.totals.to_json())
+        coordinator = self.coordinator
+        save_model(self.paths.model, self.task, coordinator.server.weights, coordinator.server.round)
+        totals = coordinator.server.totals.to_json()
+        summary = summarize(coordinator.records, self.job.metadata.name, totals, coordinator.stop_reason)
         write_summary(self.paths.summary, summary)
 
     async def linger(self) -> None:
@@ -202,6 +228,15 @@ class AggregatorApp:
             await self._health.set(name, status)
 
 
+def final_outcome(app: AggregatorApp) -> JSON:
+    """The status outcome of a complete job: all its rounds, or an early end on its privacy budget."""
+    reason = app.stop_reason
+    if reason is not None:
+        message = reason.removeprefix("PrivacyBudgetExhausted: ")
+        return outcome_status("PrivacyBudgetExhausted", f"after round {app.coordinator.server.round}: {message}")
+    return outcome_status("RoundsCompleted", f"{app.job.spec.rounds} rounds finished")
+
+
 async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
     """The `fedfleet aggregator` process: 0 when the job completed, 3 when stopped before its end."""
     app = AggregatorApp(job, config, prepare_security(config, job))
@@ -213,12 +248,14 @@ async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
     # In a cluster, progress also goes to the FederatedJob's status (see k8s_status); locally there is none.
     reporter = StatusReporter.from_environment()
     server = app.coordinator.server
-    on_round = reporter.on_round(lambda: server.totals.churn_rate, lambda: None) if reporter is not None else None
+    on_round = (
+        reporter.on_round(lambda: server.totals.churn_rate, lambda: server.epsilon) if reporter is not None else None
+    )
     completed = False
     try:
         completed = await app.run(on_round)
         if completed and reporter is not None:
-            reporter.report(outcome_status("RoundsCompleted", f"{job.spec.rounds} rounds finished"))
+            reporter.report(final_outcome(app))
         if completed:
             await app.linger()
     finally:

@@ -6,6 +6,7 @@
     tls: {cert: tls/server.crt, key: tls/server.key, ca: tls/ca.crt, generate: true}
     auth: {tokenKey: token.key, generate: true}
     stateDir: state
+    ledgerPath: null                 # privacy ledger for central DP jobs; default: <stateDir>/privacy-ledger.db
     maxUpdateBytes: null             # default: the model's size in float32
 
 Relative paths are resolved against the directory of the configuration file. Errors name the field and the
@@ -58,6 +59,11 @@ class AggregatorConfig(_Section):
     tls: TlsSection = Field(default_factory=TlsSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     state_dir: Path = Field(Path("state"), description="checkpoint, metrics.jsonl and the final model")
+    ledger_path: Path | None = Field(
+        None,
+        description="per-device privacy ledger (SQLite) for jobs with differential privacy; default: "
+        "<stateDir>/privacy-ledger.db",
+    )
     max_update_bytes: int | None = Field(None, ge=1, le=1 << 34, description="largest update accepted")
     chunk_bytes: int = Field(1 << 20, ge=1024, le=4 << 20, description="data bytes per model-download message")
     time_scale: float = Field(
@@ -96,7 +102,10 @@ def resolve_paths(config: AggregatorConfig, base: Path) -> AggregatorConfig:
         update={"cert": at(config.tls.cert), "key": at(config.tls.key), "ca": at(config.tls.ca)}
     )
     auth = config.auth.model_copy(update={"token_key": at(config.auth.token_key)})
-    return config.model_copy(update={"tls": tls, "auth": auth, "state_dir": at(config.state_dir)})
+    ledger = at(config.ledger_path) if config.ledger_path is not None else None
+    return config.model_copy(
+        update={"tls": tls, "auth": auth, "state_dir": at(config.state_dir), "ledger_path": ledger}
+    )
 
 
 def load_config_job(config: AggregatorConfig, base: Path, source: str) -> FederatedJob:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.engine.round import TrainingRound, UpdateRejected
@@ -44,6 +45,9 @@ from fedfleet.runtime.records import (
 from .metrics import AggregatorMetrics
 from .registry import DeviceRegistry, DeviceState
 from .upload import PayloadAssembler, check_declared_size, decode_update, read_header
+
+if TYPE_CHECKING:  # built by the app for jobs with differential privacy; the DP libraries load only then
+    from fedfleet.privacy.job import JobPrivacy
 
 log = logging.getLogger("fedfleet.aggregator")
 
@@ -128,6 +132,7 @@ class Coordinator:
         settings: CoordinatorSettings = CoordinatorSettings(),
         evaluator: Evaluator | None = None,
         clock: Callable[[], float] = time.monotonic,
+        privacy: JobPrivacy | None = None,
     ) -> None:
         if codec.layout_size(layout) != initial_weights.shape[0]:
             raise ValueError(
@@ -135,7 +140,7 @@ class Coordinator:
             )
         self.job_name = job_name
         self.spec = spec
-        self.server = FederatedServer(spec, initial_weights)
+        self.server = FederatedServer(spec, initial_weights, privacy)
         self.layout = layout
         self.paths = paths
         self.metrics = metrics
@@ -151,6 +156,7 @@ class Coordinator:
         self.campaign: EvaluationCampaign | None = None
         self.snapshot = self._snapshot()
         self.done = False
+        self.stop_reason: str | None = None  # why the job ended before its last round, if it did
         self.serving = False
         self._stopping = asyncio.Event()
         self._tasks_changed = asyncio.Event()  # wakes long-polls: a round or campaign opened or closed
@@ -192,14 +198,21 @@ class Coordinator:
         """Run rounds until the job is done or a stop is requested (then the open round is abandoned
         unless it is already full, and the checkpoint stays at the last finished round)."""
         self.serving = True
+        stops = self._privacy_stops()
         while not self.server.done and not self.stopping:
             number = self.next_round
             candidates = await self._gather(number)
             if candidates is None:
                 break
-            training_round = self.server.start_round(
-                candidates, now=self._job_now(), max_update_bytes=self.max_update_bytes
-            )
+            try:
+                training_round = self.server.start_round(
+                    candidates, now=self._job_now(), max_update_bytes=self.max_update_bytes
+                )
+            except stops as stop:
+                # Refused before the round changed anything: the job ends here, as a success so far.
+                self.stop_reason = f"PrivacyBudgetExhausted: {stop}"
+                log.info("round %d not started, the job ends: %s", number, stop)
+                break
             log.info(
                 "round %d: invited %d of %d candidates", number, len(training_round.config.cohort), len(candidates)
             )
@@ -239,8 +252,8 @@ class Coordinator:
             )  # fmt: skip
             if on_round is not None:
                 on_round(record)
-        if self.server.done:
-            self.done = True
+        if self.server.done or self.stop_reason is not None:
+            self.done = True  # devices are told DONE, as at the last round
             self._tasks_changed_now()
 
     # ---- device calls ----------------------------------------------------------------------------------
@@ -348,6 +361,13 @@ class Coordinator:
         return all(d.told_done for d in self.registry.all())
 
     # ---- internals -------------------------------------------------------------------------------------
+
+    def _privacy_stops(self) -> tuple[type[Exception], ...]:
+        if self.server.privacy is None:
+            return ()
+        from fedfleet.privacy.errors import PRIVACY_STOPS
+
+        return PRIVACY_STOPS
 
     def _job_now(self) -> float:
         return self.clock() / self.settings.time_scale

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.persist.checkpoint import CheckpointError
-from fedfleet.runtime.local import RunExistsError
+from fedfleet.runtime.local import RunExistsError, default_ledger_path
 from fedfleet.runtime.records import RoundRecord, RunPaths
 from fedfleet.runtime.task import build_task
 from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
@@ -33,6 +33,7 @@ class LoopbackResult:
     fleet: FleetReport
     app: AggregatorApp
     completed: bool
+    stop_reason: str | None = None  # why a complete job ended before its last round (its privacy budget)
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -45,7 +46,10 @@ def check_run_dir(out: Path, resume: bool) -> None:
         raise RunExistsError(f"{out} already holds a run; pass --resume or choose another --out")
 
 
-def loopback_config(job: FederatedJob, out: Path, time_scale: float) -> AggregatorConfig:
+def loopback_config(
+    job: FederatedJob, out: Path, time_scale: float, ledger_path: Path | None = None
+) -> AggregatorConfig:
+    """The aggregator of `fedfleet run`; DP jobs charge the machine's ledger, as with `--transport inprocess`."""
     return AggregatorConfig(
         job=job.model_dump(mode="json", by_alias=True, exclude_none=True),
         listen=Endpoint(host="127.0.0.1", port=0),
@@ -53,6 +57,7 @@ def loopback_config(job: FederatedJob, out: Path, time_scale: float) -> Aggregat
         tls=TlsSection(cert=out / "tls/server.crt", key=out / "tls/server.key", ca=out / "tls/ca.crt", generate=True),
         auth=AuthSection(token_key=out / "token.key", generate=True),
         state_dir=out,
+        ledger_path=ledger_path or default_ledger_path(),
         time_scale=time_scale,
         settle_seconds=0.5,
         poll_seconds=5.0,
@@ -61,9 +66,13 @@ def loopback_config(job: FederatedJob, out: Path, time_scale: float) -> Aggregat
 
 
 async def run_loopback(
-    job: FederatedJob, out: Path, time_scale: float = DEFAULT_TIME_SCALE, on_round: RoundCallback | None = None
+    job: FederatedJob,
+    out: Path,
+    time_scale: float = DEFAULT_TIME_SCALE,
+    on_round: RoundCallback | None = None,
+    ledger_path: Path | None = None,
 ) -> LoopbackResult:
-    config = loopback_config(job, out, time_scale)
+    config = loopback_config(job, out, time_scale, ledger_path)
     security = prepare_security(config, job)
     task = build_task(job.spec)
     app = AggregatorApp(job, config, security, task=task)
@@ -89,4 +98,4 @@ async def run_loopback(
         report = await fleet
     finally:
         await app.stop()
-    return LoopbackResult(app.coordinator.records, report, app, completed)
+    return LoopbackResult(app.coordinator.records, report, app, completed, app.stop_reason)

@@ -19,8 +19,10 @@ from numpy.typing import NDArray
 from . import ring
 from .ring import U64Vector
 
-# Stochastic rounding needs the fraction of (x + c)·(L−1)/(2c) in float64: keep b well inside 53 bits.
-MAX_QUANTIZATION_BITS = 48
+# Stochastic rounding and dequantization run in float64 (53-bit mantissa): with b bits of grid, float64
+# rounding is about 2^(b-53) of a step. 40 bits keeps it below 2^-13 of a step, and updates are float32
+# (24-bit mantissa), so a finer grid would carry no information, only rounding noise.
+MAX_QUANTIZATION_BITS = 40
 
 
 @dataclass(frozen=True)

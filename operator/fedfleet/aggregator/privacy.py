@@ -1,0 +1,108 @@
+"""Central differential privacy for the aggregator: the job's `JobPrivacy`, its ledger key and its metrics.
+
+The engine does the DP work (clipping plus noise in the round's rule, the accountant, the ledger charges);
+this module only builds its inputs for a long-running aggregator and exports ε on /metrics.
+
+Fleet size: q, the sampling rate the noise multiplier is planned with, is the job's *planned* fleet
+(`spec.simulation.devices`), not the devices that happened to have checked in when the first round started —
+that number depends on who was online at that moment and would change the planned noise from run to run.
+Each round's accountant charge still uses the q of the devices actually eligible then (`before_round`).
+
+Ledger key: the job identity plus a run id kept in the state dir. A restarted aggregator reads the same id,
+so replaying a round whose charge was written before a crash charges nobody twice (the ledger is idempotent
+per job key, round and device); a new state dir gets a new id, so a new run of the same job is charged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from fedfleet.api.federatedjob import FederatedJob
+from fedfleet.persist.atomic import atomic_write_text
+from fedfleet.runtime.records import RunPaths
+
+if TYPE_CHECKING:  # the DP libraries load only for jobs that use them
+    from fedfleet.engine.server import FederatedServer
+    from fedfleet.privacy.job import JobPrivacy
+    from fedfleet.privacy.ledger import PrivacyLedger
+    from fedfleet.privacy.metrics import PrivacyMetrics
+
+LEDGER_FILE = "privacy-ledger.db"
+
+
+def check_privacy_supported(job: FederatedJob) -> None:
+    """Central DP runs here; distributed DP and secure aggregation need secure aggregation over gRPC."""
+    privacy = job.spec.privacy
+    if privacy.differential_privacy.mode not in ("off", "central"):
+        raise ValueError(
+            f"spec.privacy.differentialPrivacy.mode: the gRPC aggregator runs 'off' or 'central', not"
+            f" {privacy.differential_privacy.mode!r} (it needs secure aggregation);"
+            " run the job with `fedfleet run --transport inprocess`"
+        )
+    if privacy.secure_aggregation.enabled:
+        raise ValueError("spec.privacy.secureAggregation: the gRPC aggregator does not run secure aggregation yet")
+
+
+def uses_privacy(job: FederatedJob) -> bool:
+    return job.spec.privacy.differential_privacy.mode != "off"
+
+
+def ledger_path(ledger: Path | None, state_dir: Path) -> Path:
+    return ledger if ledger is not None else state_dir / LEDGER_FILE
+
+
+def run_id(paths: RunPaths) -> str:
+    """This state dir's run id, created on first use; it never changes while the state dir lives."""
+    if paths.run_id.exists():
+        existing = paths.run_id.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+    paths.root.mkdir(parents=True, exist_ok=True)
+    new = uuid.uuid4().hex
+    atomic_write_text(paths.run_id, new)
+    return new
+
+
+def ledger_key(identity: str, paths: RunPaths) -> str:
+    return f"{identity}/{run_id(paths)}"
+
+
+def build_job_privacy(job: FederatedJob, identity: str, paths: RunPaths, ledger_file: Path) -> JobPrivacy:
+    """The job's privacy state, with the ledger opened (created) at `ledger_file`."""
+    from fedfleet.privacy.job import JobPrivacy
+    from fedfleet.privacy.ledger import PrivacyLedger
+
+    ledger_file.parent.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(ledger_file)
+    return JobPrivacy(job.spec, job.spec.simulation.devices, ledger, ledger_key(identity, paths))
+
+
+class PrivacyExporter:
+    """Keeps the privacy metrics of one job in step with its server: call `update()` after each round."""
+
+    def __init__(self, registry: CollectorRegistry, job: FederatedJob, server: FederatedServer) -> None:
+        from fedfleet.privacy.metrics import PrivacyMetrics
+
+        self.metrics: PrivacyMetrics = PrivacyMetrics(registry)
+        self.namespace = job.metadata.namespace or ""
+        self.name = job.metadata.name
+        self.server = server
+        self.target = job.spec.privacy.differential_privacy.target_epsilon
+        self.budget = job.spec.privacy.device_epsilon_budget
+
+    @property
+    def ledger(self) -> PrivacyLedger | None:
+        privacy = self.server.privacy
+        return privacy.ledger if privacy is not None else None
+
+    def update(self) -> None:
+        epsilon = self.server.epsilon
+        if epsilon is not None:
+            self.metrics.set_job_epsilon(self.namespace, self.name, epsilon, self.target)
+        ledger = self.ledger
+        if ledger is not None:
+            self.metrics.update_from_ledger(ledger, self.budget)
