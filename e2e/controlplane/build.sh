@@ -38,6 +38,12 @@ exec 9>"$cache/.lock"
 flock 9
 rm -rf "$cache"/tmp.*  # left by an interrupted build; nobody else builds while we hold the lock
 
+# CI's environment may not carry the login shell's PATH; Go's standard install location is the fallback.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null 2>&1 || { echo "build.sh: no Go toolchain found (install Go ≥ 1.24)" >&2; exit 1; }
+
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-trimpath"
 export CGO_ENABLED=0
 # Never fetch a different Go toolchain: the local one is new enough for every module here.
