@@ -10,11 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from grpc_support import TIME_SCALE, loopback_aggregator_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedfleet.aggregator.app import AggregatorApp, prepare_security
-from fedfleet.aggregator.config import AggregatorConfig, AuthSection, Endpoint, TlsSection
 from fedfleet.api.manifest import parse_job
 from fedfleet.runtime.local import LocalRuntime
 from fedfleet.runtime.task import build_task
@@ -39,7 +39,6 @@ spec:
     holdoutFraction: 0.1
     dropoutProbability: 0.1
 """
-TIME_SCALE = 0.02
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -72,19 +71,7 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     assert reference is not None
 
     state = tmp_path / "grpc"
-    config = AggregatorConfig(
-        job="e2e-grpc",
-        listen=Endpoint(host="127.0.0.1", port=0),
-        http=Endpoint(host="127.0.0.1", port=0),
-        tls=TlsSection(cert=state / "tls/server.crt", key=state / "tls/server.key", ca=state / "tls/ca.crt",
-                       generate=True),
-        auth=AuthSection(token_key=state / "token.key", generate=True),
-        state_dir=state,
-        time_scale=TIME_SCALE,
-        settle_seconds=0.5,
-        poll_seconds=2.0,
-        linger_seconds=3.0,
-    )  # fmt: skip
+    config = loopback_aggregator_config("e2e-grpc", state)
     security = prepare_security(config, job)
     app = AggregatorApp(job, config, security, task=task, registry=CollectorRegistry())
     mid_run: dict[str, object] = {}

@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpc_support import TIME_SCALE, loopback_aggregator_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedfleet.aggregator.app import AggregatorApp, final_outcome, prepare_security
-from fedfleet.aggregator.config import AggregatorConfig, AuthSection, Endpoint, TlsSection
+from fedfleet.aggregator.config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.privacy.ledger import PrivacyLedger
 from fedfleet.runtime.task import build_task
 from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
 from fl_experiments import make_job
 
-TIME_SCALE = 0.02
 TARGET = 2.5  # z = 1.5, q = 5/20: ε is 2.48 after 4 rounds and 2.69 after 5; a larger q stops it sooner
 ROUNDS = 20
 
@@ -41,20 +41,7 @@ def dp_job(**privacy: Any) -> FederatedJob:
 
 
 def config_for(state: Path, ledger: Path | None = None) -> AggregatorConfig:
-    return AggregatorConfig(
-        job="dp-grpc",
-        listen=Endpoint(host="127.0.0.1", port=0),
-        http=Endpoint(host="127.0.0.1", port=0),
-        tls=TlsSection(cert=state / "tls/server.crt", key=state / "tls/server.key", ca=state / "tls/ca.crt",
-                       generate=True),
-        auth=AuthSection(token_key=state / "token.key", generate=True),
-        state_dir=state,
-        ledger_path=ledger,
-        time_scale=TIME_SCALE,
-        settle_seconds=0.5,
-        poll_seconds=2.0,
-        linger_seconds=3.0,
-    )  # fmt: skip
+    return loopback_aggregator_config("dp-grpc", state, ledger_path=ledger)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
