@@ -88,6 +88,16 @@ def wait_job(kube: KubeApi, namespace: str, name: str, kind: str, timeout: float
     return wait_for(f"job {namespace}/{name} {kind}", check, timeout=timeout, interval=0.5)
 
 
+def start_slowed_job(kube: KubeApi, cp: cluster.ControlPlane, namespace: str, name: str, rounds: int) -> str:
+    """Apply the example job with slower devices, so a test can act mid-job; returns the endpoint once Ready."""
+    manifest = example_job(name, rounds=rounds)
+    manifest["spec"]["simulation"]["compute"]["networkSeconds"] = 0.6
+    applied = apply(cp, namespace, manifest)
+    assert applied.returncode == 0, applied.stderr
+    endpoint: str = wait_job(kube, namespace, name, "Ready", timeout=90)["status"]["endpoint"]
+    return endpoint
+
+
 def aggregator_pods(kube: KubeApi, namespace: str, job: str) -> list[JSON]:
     pods: list[JSON] = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"fedfleet.io/job={job}")["items"]
     return [p for p in pods if "deletionTimestamp" not in p["metadata"]]

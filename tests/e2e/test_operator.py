@@ -34,6 +34,7 @@ from operator_support import (
     pid_of,
     process_alive,
     running_pod,
+    start_slowed_job,
     wait_job,
 )
 
@@ -138,10 +139,7 @@ def test_operator_killed_mid_job_comes_back_without_duplicating_the_aggregator(
 ) -> None:  # fmt: skip
     ns = new_namespace(kube, "e2e-opkill")
     job = "sturdy"
-    manifest = example_job(job, rounds=6)
-    manifest["spec"]["simulation"]["compute"]["networkSeconds"] = 0.6
-    assert apply(control_plane, ns, manifest).returncode == 0
-    endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
+    endpoint = start_slowed_job(kube, control_plane, ns, job, rounds=6)
     aggregator_uid = running_pod(kube, ns, job)["metadata"]["uid"]
     with fleet(endpoint, job_files(kube, ns, job, tmp_path / "device"), tmp_path / "fleet.log") as devices:
         wait_for("round 1 done", lambda: _round(kube, ns, job) >= 1, timeout=90)
@@ -175,10 +173,7 @@ def test_deleted_aggregator_pod_comes_back_and_resumes_from_its_checkpoint(
 ) -> None:  # fmt: skip
     ns = new_namespace(kube, "e2e-podkill")
     job = "phoenix"
-    manifest = example_job(job, rounds=6)
-    manifest["spec"]["simulation"]["compute"]["networkSeconds"] = 0.6
-    assert apply(control_plane, ns, manifest).returncode == 0
-    endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
+    endpoint = start_slowed_job(kube, control_plane, ns, job, rounds=6)
     first = running_pod(kube, ns, job)
     files = job_files(kube, ns, job, tmp_path / "device")
     with fleet(endpoint, files, tmp_path / "fleet1.log"):
@@ -227,10 +222,7 @@ def test_suspend_stops_the_aggregator_and_resume_continues_from_the_checkpoint(
 ) -> None:  # fmt: skip
     ns = new_namespace(kube, "e2e-suspend")
     job = "nap"
-    manifest = example_job(job, rounds=5)
-    manifest["spec"]["simulation"]["compute"]["networkSeconds"] = 0.6
-    assert apply(control_plane, ns, manifest).returncode == 0
-    endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
+    endpoint = start_slowed_job(kube, control_plane, ns, job, rounds=5)
     files = job_files(kube, ns, job, tmp_path / "device")
     with fleet(endpoint, files, tmp_path / "fleet1.log"):
         wait_for("round 1 done", lambda: _round(kube, ns, job) >= 1, timeout=90)
