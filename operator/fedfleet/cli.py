@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport",
         choices=("grpc", "inprocess"),
         help="grpc (the default): an aggregator on loopback and the fleet over gRPC with TLS, the production "
-        "path; inprocess: the embedded runtime in simulated time, bit-reproducible (needed for distributed "
-        "differential privacy, which the gRPC aggregator does not run yet)",
+        "path, and the one that runs secure aggregation; inprocess: the embedded runtime in simulated time, "
+        "bit-reproducible",
     )
     run.add_argument("--time-scale", type=_positive, help="grpc: wall seconds per simulated second (default: 0.02)")
     run.set_defaults(handler=_cmd_run)

@@ -140,23 +140,11 @@ def test_restarted_aggregator_keeps_its_ledger_key_and_a_new_run_gets_a_new_one(
     assert ledger.exists()
 
 
-@pytest.mark.parametrize(
-    ("privacy", "message"),
-    [
-        (
-            {
-                "differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0},
-                "secureAggregation": {"enabled": True},
-            },
-            "runs 'off' or 'central'",
-        ),
-        ({"secureAggregation": {"enabled": True}}, "does not run secure aggregation"),
-    ],
-)
-def test_distributed_dp_and_secure_aggregation_are_still_refused(
-    tmp_path: Path, privacy: dict[str, Any], message: str
-) -> None:
-    job = dp_job(**privacy)
+def test_a_secure_job_whose_ring_would_overflow_is_refused_naming_the_field(tmp_path: Path) -> None:
+    job = dp_job(
+        differentialPrivacy={"mode": "distributed", "noiseMultiplier": 1.0},
+        secureAggregation={"enabled": True, "quantizationBits": 32},
+    )
     config = config_for(tmp_path)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"privacy.secureAggregation.quantizationBits: 32 bits .* more than 62"):
         AggregatorApp(job, config, prepare_security(config, job), registry=CollectorRegistry())

@@ -31,7 +31,7 @@ from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator, model_layout
 from .k8s_status import JSON, StatusReporter, outcome_status
 from .metrics import AggregatorMetrics
-from .privacy import PrivacyExporter, build_job_privacy, check_privacy_supported, ledger_path, uses_privacy
+from .privacy import PrivacyExporter, build_job_privacy, ledger_path, uses_privacy
 from .service import AggregatorService
 
 log = logging.getLogger("fedfleet.aggregator")
@@ -91,11 +91,6 @@ def create_grpc_server(
     return server, bound
 
 
-def check_supported(job: FederatedJob) -> None:
-    """Refuse what this aggregator does not run yet, rather than silently training without it."""
-    check_privacy_supported(job)
-
-
 class AggregatorApp:
     def __init__(
         self,
@@ -106,7 +101,6 @@ class AggregatorApp:
         task: SimulatedTask | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        check_supported(job)
         self.job = job
         self.config = config
         self.security = security

@@ -31,6 +31,7 @@ from fedfleet.engine.seeding import Purpose, stream
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import Outcome, RejectReason, RoundResult, Vector
 from fedfleet.persist.checkpoint import load_checkpoint, save_checkpoint
+from fedfleet.privacy.secure_update import plan_encoding
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.runtime.records import (
@@ -44,6 +45,7 @@ from fedfleet.runtime.records import (
 
 from .metrics import AggregatorMetrics
 from .registry import DeviceRegistry, DeviceState
+from .secure_round import SecureRound, SecureRoundRefused, build_secure_round
 from .upload import PayloadAssembler, check_declared_size, decode_update, read_header
 
 if TYPE_CHECKING:  # built by the app for jobs with differential privacy; the DP libraries load only then
@@ -80,6 +82,7 @@ class TaskView:
     round: int = 0
     model_version: int = 0
     deadline_seconds: float = 0.0  # wall seconds left
+    secure: pb.SecureAggregationTask | None = None  # a TRAIN task whose update goes through secure aggregation
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,12 @@ class Coordinator:
         self.records: list[RoundRecord] = []
         self.current: TrainingRound | None = None
         self.previous: TrainingRound | None = None
+        self.secure: SecureRound | None = None  # the open round's secure aggregation, in jobs that use it
+        self.uses_secure_aggregation = spec.privacy.secure_aggregation.enabled
+        if self.uses_secure_aggregation:
+            # Refuse a spec whose rounds could never be encoded before any device connects (ValueError naming it).
+            noise = privacy.noise_multiplier if privacy is not None else None
+            plan_encoding(spec, self.server.dim, max(2, spec.cohort.invited), 1, noise)
         self.campaign: EvaluationCampaign | None = None
         self.snapshot = self._snapshot()
         self.done = False
@@ -219,15 +228,25 @@ class Coordinator:
             started_wall, started_job = time.perf_counter(), self._job_now()
             self.current = training_round
             self.metrics.round_current.set(number)
+            secure = self._secure_round(training_round) if self.uses_secure_aggregation else None
+            self.secure = secure
             self._tasks_changed_now()
-            await self._until_closed(training_round)
-            if self._stop_requested() and not training_round.is_full:
+            if secure is not None:
+                await secure.run(self._stop_requested)
+                finished = secure.result is not None
+            else:
+                await self._until_closed(training_round)
+                finished = training_round.is_full
+            if self._stop_requested() and not finished:
                 log.info("round %d abandoned on shutdown; resuming will run it again", number)
-                self.current = None
+                self.current = self.secure = None
                 self._tasks_changed_now()
                 break
             closed_job = self._job_now()
             t0 = time.perf_counter()
+            if secure is not None:
+                secure.close_training_round()
+                self.secure = None
             result = self.server.finish_round(training_round)
             self.metrics.aggregation_seconds.observe(time.perf_counter() - t0)
             self.previous, self.current = training_round, None
@@ -306,6 +325,11 @@ class Coordinator:
         """Receive one chunked update and fold it into its round. Raises UpdateRejected (counted by reason)."""
         try:
             header = read_header(await anext(chunks, None))
+            if self.uses_secure_aggregation:
+                raise UpdateRejected(
+                    RejectReason.SECURE_ONLY,
+                    "this job runs secure aggregation: send the update as a masked input (UploadMaskedInput)",
+                )
             target = self._admit(device_id, header.round)
         except UpdateRejected as rejection:
             self._count_rejection(rejection.reason)
@@ -313,7 +337,7 @@ class Coordinator:
         assembler: PayloadAssembler | None = None
         try:
             check_declared_size(header, self.max_update_bytes)
-            assembler = PayloadAssembler(header, self._hasher)
+            assembler = PayloadAssembler(header.total_bytes, self._hasher)
             async for chunk in chunks:
                 self.metrics.bytes_received.inc(assembler.add(chunk))
             update = decode_update(device_id, header, await assembler.finish(), self.layout)
@@ -334,6 +358,26 @@ class Coordinator:
             state.last_seen = self.clock()
         self._progress_now()
         return UploadOutcome(outcome, target.number, self.next_round)
+
+    def secure_round(self, device_id: str, round_number: int) -> SecureRound:
+        """The open secure-aggregation round a device's stage message is for. Raises SecureRoundRefused."""
+        secure = self.secure
+        if secure is None:
+            raise SecureRoundRefused(
+                "wrong_round" if self.uses_secure_aggregation else "secagg_off",
+                f"no secure-aggregation round is open (message for round {round_number}, next is {self.next_round})"
+                if self.uses_secure_aggregation
+                else "this job does not run secure aggregation",
+            )
+        return secure
+
+    def secure_input_done(self, device_id: str) -> None:
+        """A device's masked input is in: it is free again, as after a plaintext upload."""
+        state = self.registry.get(device_id)
+        if state is not None:
+            state.busy_round = 0
+            state.last_seen = self.clock()
+        self._progress_now()
 
     def report_evaluation(self, device_id: str, report: pb.EvaluationReport) -> bool:
         if report.num_examples < 1 or not 0.0 <= report.accuracy <= 1.0 or not math.isfinite(report.loss):
@@ -369,6 +413,23 @@ class Coordinator:
 
         return PRIVACY_STOPS
 
+    def _secure_round(self, training_round: TrainingRound) -> SecureRound:
+        examples = {}
+        for device in training_round.config.cohort:
+            state = self.registry.get(device)
+            examples[device] = state.train_examples if state is not None else 0
+        privacy = self.server.privacy
+        return build_secure_round(
+            training_round,
+            self.spec,
+            examples,
+            noise_multiplier=privacy.noise_multiplier if privacy is not None else None,
+            deadline_wall_seconds=self.spec.cohort.round_deadline_seconds * self.settings.time_scale,
+            wall_left=lambda: self._wall_left(training_round.config.deadline),
+            metrics=self.metrics,
+            hasher=self._hasher,
+        )
+
     def _job_now(self) -> float:
         return self.clock() / self.settings.time_scale
 
@@ -382,8 +443,13 @@ class Coordinator:
             return TaskView(TaskKind.DONE, self.next_round)
         if not state.consent:
             return TaskView(TaskKind.WAIT, self.next_round)
-        current = self.current
-        if current is not None and state.device_id in current.config.cohort and state.device_id in current.pending():
+        current, secure = self.current, self.secure
+        if (
+            current is not None
+            and state.device_id in current.config.cohort
+            and state.device_id in current.pending()
+            and (secure is None or secure.may_start(state.device_id))
+        ):
             state.busy_round = current.number
             return TaskView(
                 TaskKind.TRAIN,
@@ -391,6 +457,7 @@ class Coordinator:
                 round=current.number,
                 model_version=self.snapshot.version,
                 deadline_seconds=self._wall_left(current.config.deadline),
+                secure=secure.task_for(state.device_id) if secure is not None else None,
             )
         campaign = self.campaign
         if campaign is not None and state.device_id in campaign.chosen and state.device_id not in campaign.reports:

@@ -74,6 +74,22 @@ class AggregatorMetrics:
             "fedfleet_model_accuracy", "Server-side test accuracy of the global model", registry=registry
         )
         self.model_loss = Gauge("fedfleet_model_loss", "Server-side test loss of the global model", registry=registry)
+        self.secagg_rounds = Counter(
+            "fedfleet_secagg_rounds", "Secure-aggregation rounds by result", ["result"], registry=registry
+        )
+        self.secagg_stage_seconds = Histogram(
+            "fedfleet_secagg_stage_seconds",
+            "Wall time of each secure-aggregation stage, from opening to its reply messages",
+            ["stage"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
+        self.secagg_excluded = Counter(
+            "fedfleet_secagg_excluded",
+            "Devices that left a secure-aggregation round, by stage and reason",
+            ["stage", "reason"],
+            registry=registry,
+        )
         if process:
             ProcessCollector(namespace="fedfleet", registry=registry)
         # Every label value exists from the start, so a scrape shows zeros instead of absent series.

@@ -1,7 +1,8 @@
-"""Central differential privacy for the aggregator: the job's `JobPrivacy`, its ledger key and its metrics.
+"""Differential privacy for the aggregator: the job's `JobPrivacy`, its ledger key and its metrics.
 
-The engine does the DP work (clipping plus noise in the round's rule, the accountant, the ledger charges);
-this module only builds its inputs for a long-running aggregator and exports ε on /metrics.
+The engine does the DP work (central: clipping plus noise in the round's rule; both modes: the accountant and
+the ledger charges); with distributed DP the devices add the noise under secure aggregation (secure_round).
+This module only builds the inputs for a long-running aggregator and exports ε on /metrics.
 
 Fleet size: q, the sampling rate the noise multiplier is planned with, is the job's *planned* fleet
 (`spec.simulation.devices`), not the devices that happened to have checked in when the first round started —
@@ -32,19 +33,6 @@ if TYPE_CHECKING:  # the DP libraries load only for jobs that use them
     from fedfleet.privacy.metrics import PrivacyMetrics
 
 LEDGER_FILE = "privacy-ledger.db"
-
-
-def check_privacy_supported(job: FederatedJob) -> None:
-    """Central DP runs here; distributed DP and secure aggregation need secure aggregation over gRPC."""
-    privacy = job.spec.privacy
-    if privacy.differential_privacy.mode not in ("off", "central"):
-        raise ValueError(
-            f"spec.privacy.differentialPrivacy.mode: the gRPC aggregator runs 'off' or 'central', not"
-            f" {privacy.differential_privacy.mode!r} (it needs secure aggregation);"
-            " run the job with `fedfleet run --transport inprocess`"
-        )
-    if privacy.secure_aggregation.enabled:
-        raise ValueError("spec.privacy.secureAggregation: the gRPC aggregator does not run secure aggregation yet")
 
 
 def uses_privacy(job: FederatedJob) -> bool:

@@ -20,6 +20,7 @@ from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier
 
 from .coordinator import BadReport, Coordinator, DeviceUnknown, ModelVersionGone, TaskKind, TaskView
+from .secure_round import SecureRoundRefused
 
 ERROR_KEY = "fedfleet-error"
 
@@ -35,6 +36,22 @@ REJECTION_CODES: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RejectReason.CORRUPT: grpc.StatusCode.DATA_LOSS,
     RejectReason.ROUND_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.SECURE_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.SECAGG_MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+#: Secure-aggregation refusals (SecureRoundRefused.reason). Only `secagg_malformed` drops the device for
+#: misbehaving; the others say the device cannot (any longer) take part in this round's stage.
+SECURE_CODES: dict[str, grpc.StatusCode] = {
+    "wrong_round": grpc.StatusCode.OUT_OF_RANGE,
+    "not_in_cohort": grpc.StatusCode.FAILED_PRECONDITION,
+    "secagg_off": grpc.StatusCode.FAILED_PRECONDITION,
+    "secagg_malformed": grpc.StatusCode.INVALID_ARGUMENT,
+    "secagg_excluded": grpc.StatusCode.FAILED_PRECONDITION,
+    "secagg_stage_closed": grpc.StatusCode.FAILED_PRECONDITION,
+    "secagg_aborted": grpc.StatusCode.FAILED_PRECONDITION,
+    "round_closed": grpc.StatusCode.FAILED_PRECONDITION,
+    "corrupt": grpc.StatusCode.DATA_LOSS,
 }
 
 TOKEN_CODES: dict[TokenProblem, grpc.StatusCode] = {
@@ -119,6 +136,8 @@ class AggregatorService:
         )
         if task.kind == TaskKind.TRAIN:
             spec = self._coordinator.spec
+            if task.secure is not None:
+                message.secure_aggregation.CopyFrom(task.secure)
             message.training.CopyFrom(
                 pb.TrainingConfig(
                     local_epochs=spec.training.local_epochs,
@@ -172,3 +191,47 @@ class AggregatorService:
         except BadReport as err:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), "bad_report")
         return pb.ReportEvaluationResponse(accepted=accepted, next_round=self._coordinator.next_round)
+
+    # ---- secure aggregation: each call waits until its stage closes -------------------------------------
+
+    async def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: Any) -> pb.KeyBroadcast:
+        device_id = await self._device(context)
+        try:
+            secure = self._coordinator.secure_round(device_id, request.round)
+            return await secure.advertise_keys(device_id, request)
+        except SecureRoundRefused as err:
+            await _refuse(context, err)
+
+    async def ShareKeys(self, request: pb.ShareKeysRequest, context: Any) -> pb.ShareBundle:
+        device_id = await self._device(context)
+        try:
+            secure = self._coordinator.secure_round(device_id, request.round)
+            return await secure.share_keys(device_id, request)
+        except SecureRoundRefused as err:
+            await _refuse(context, err)
+
+    async def UploadMaskedInput(
+        self, request_iterator: AsyncIterator[pb.MaskedInputChunk], context: Any
+    ) -> pb.UnmaskRequest:
+        started = time.perf_counter()
+        device_id = await self._device(context)
+        coordinator = self._coordinator
+        try:
+            secure = coordinator.secure_round(device_id, coordinator.next_round)
+            reply = await secure.masked_input(device_id, request_iterator, on_received=coordinator.secure_input_done)
+        except SecureRoundRefused as err:
+            await _refuse(context, err)
+        self._observe("UploadMaskedInput", started)
+        return reply
+
+    async def Unmask(self, request: pb.UnmaskResponse, context: Any) -> pb.UnmaskAck:
+        device_id = await self._device(context)
+        try:
+            self._coordinator.secure_round(device_id, request.round).unmask(device_id, request)
+        except SecureRoundRefused as err:
+            await _refuse(context, err)
+        return pb.UnmaskAck(next_round=self._coordinator.next_round)
+
+
+async def _refuse(context: Any, err: SecureRoundRefused) -> NoReturn:
+    await _abort(context, SECURE_CODES.get(err.reason, grpc.StatusCode.FAILED_PRECONDITION), err.message, err.reason)

@@ -1,9 +1,9 @@
 """Turning a chunked upload stream into a ModelUpdate, or into a precise rejection.
 
 The stream is a header (round, declared dtype, tensor layout, total bytes), data chunks, and a trailer with
-the SHA-256 of the data. Checks run in the order that reads the least: the header first (the caller then
-checks the sender against the round before any payload is read), then the byte count and the digest, then
-names, shapes and dtype.
+the SHA-256 of the data; a secure-aggregation masked input travels the same way, with its own header.
+Checks run in the order that reads the least: the header first (the caller then checks the sender against
+the round before any payload is read), then the byte count and the digest, then names, shapes and dtype.
 The round engine checks the rest (size limit, dtype, shape, finiteness, weight).
 """
 
@@ -66,9 +66,9 @@ class PayloadAssembler:
     40 MB update is ~20 ms here, as much as moving it). One worker keeps the updates in order.
     """
 
-    def __init__(self, header: UploadHeader, hasher: Executor) -> None:
-        self._header = header
-        self._buffer = bytearray(header.total_bytes)
+    def __init__(self, total_bytes: int, hasher: Executor) -> None:
+        self._total_bytes = total_bytes
+        self._buffer = bytearray(total_bytes)
         self._view = memoryview(self._buffer)
         self._received = 0
         self._hash = hashlib.sha256()
@@ -80,7 +80,7 @@ class PayloadAssembler:
     def received(self) -> int:
         return self._received
 
-    def add(self, chunk: pb.UpdateChunk) -> int:
+    def add(self, chunk: pb.UpdateChunk | pb.MaskedInputChunk) -> int:
         """Take one message after the header; returns the payload bytes it carried."""
         part = chunk.WhichOneof("part")
         if self._digest is not None:
@@ -92,10 +92,10 @@ class PayloadAssembler:
             raise UpdateRejected(RejectReason.CORRUPT, "an upload carries one header, then data chunks and a trailer")
         data = chunk.data
         end = self._received + len(data)
-        if end > self._header.total_bytes:
+        if end > self._total_bytes:
             raise UpdateRejected(
                 RejectReason.CORRUPT,
-                f"the stream carries more than the {self._header.total_bytes} bytes its header declares",
+                f"the stream carries more than the {self._total_bytes} bytes its header declares",
             )
         self._view[self._received : end] = data
         self._pending = self._hasher.submit(self._hash.update, data)
@@ -103,7 +103,7 @@ class PayloadAssembler:
         return len(data)
 
     async def finish(self) -> bytearray:
-        declared = self._header.total_bytes
+        declared = self._total_bytes
         if self._pending is not None:
             await asyncio.wrap_future(self._pending)  # the single worker ran every earlier update before it
         if self._received != declared:

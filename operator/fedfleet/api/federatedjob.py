@@ -325,6 +325,11 @@ class FederatedJobSpec(SpecModel):
                 "aggregation.strategy",
                 f"differential privacy is calibrated for a clipped sum of updates; {strategy} is not one",
             )
+        if secagg.enabled and self.cohort.effective_min_reports < 2:
+            raise SpecError(
+                "cohort.minReports",
+                "secure aggregation needs at least 2 reports per round: the sum of one update is that update",
+            )
         if dp.mode != "off" and dp.noise_multiplier is None and dp.target_epsilon is None:
             raise SpecError(
                 "privacy.differentialPrivacy.noiseMultiplier",

@@ -23,6 +23,7 @@ from fedfleet.proto import codec
 
 from .client import AggregatorError, Capabilities, DeviceClient, Model, Task
 from .retry import Backoff
+from .secure import SecureRoundRefusedByDevice, SecureSession, SentRounds, left_round
 from .training import EvalResult, LocalResult
 
 log = logging.getLogger("fedfleet.device")
@@ -48,6 +49,8 @@ class AgentStats:
     evaluations: int = 0
     check_ins: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    left_secure_rounds: int = 0  # secure rounds the server went on without this device (or aborted)
+    refused_secure_rounds: int = 0  # secure rounds this device refused (bad parameters or messages)
     done: bool = False
 
 
@@ -74,6 +77,7 @@ class DeviceAgent:
         self._model: Model | None = None
         self._last_contact = time.monotonic()
         self._backoff = Backoff()
+        self._sent_secure = SentRounds()
 
     async def run(self, stop: asyncio.Event | None = None) -> AgentStats:
         """Take part until the job is done (or `stop` is set). Raises AggregatorError when refused for good."""
@@ -146,15 +150,13 @@ class DeviceAgent:
         return self._model
 
     async def _train(self, task: Task, stop: asyncio.Event) -> None:
+        if task.secure is not None:
+            await self._train_secure(task, stop)
+            return
         model = await self._weights(task)
         result = await self.trainer.train(task, model.weights)
         if result is None:
-            # Gone for the rest of the round (switched off, out of coverage): back after its deadline.
-            self.stats.dropped += 1
-            left = task.seconds_left()
-            if left > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), left)
+            await self._sit_out(task, stop)
             return
         self.stats.trained += 1
         if time.monotonic() >= task.deadline:
@@ -168,6 +170,42 @@ class DeviceAgent:
             self.stats.accepted += 1
         else:
             self.stats.late += 1
+
+    async def _sit_out(self, task: Task, stop: asyncio.Event) -> None:
+        """Gone for the rest of the round (switched off, out of coverage): back after its deadline."""
+        self.stats.dropped += 1
+        left = task.seconds_left()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), left)
+
+    async def _train_secure(self, task: Task, stop: asyncio.Event) -> None:
+        """The secure-aggregation round: keys first, then training, then the masked input and unmasking."""
+        try:
+            model = await self._weights(task)
+            session = SecureSession(self.client, task, self._sent_secure)
+            await session.exchange_keys()
+            result = await self.trainer.train(task, model.weights)
+            if result is None:
+                await self._sit_out(task, stop)
+                return
+            self.stats.trained += 1
+            if time.monotonic() >= task.deadline:
+                self.stats.skipped_past_deadline += 1
+                return
+            self.next_round = await session.submit(result.delta, result.num_examples)
+            self.stats.accepted += 1
+        except SecureRoundRefusedByDevice as refusal:
+            log.warning("%s: not taking part in round %d: %s", self.client.device_id, task.round, refusal)
+            self.stats.refused_secure_rounds += 1
+        except AggregatorError as err:
+            if not left_round(err):
+                raise
+            log.info("%s: out of secure round %d: %s", self.client.device_id, task.round, err)
+            if err.reason == "round_closed":
+                self.stats.late += 1
+            else:
+                self.stats.left_secure_rounds += 1
 
     async def _evaluate(self, task: Task) -> None:
         model = await self._weights(task)

@@ -105,6 +105,7 @@ class Task:
     model_version: int = 0
     training: TrainingConfig | None = None
     deadline: float = float("inf")  # on the client's monotonic clock
+    secure: pb.SecureAggregationTask | None = None  # set: the update goes through secure aggregation
 
     def seconds_left(self, now: float | None = None) -> float:
         return self.deadline - (time.monotonic() if now is None else now)
@@ -218,7 +219,8 @@ class DeviceClient:
         deadline = (
             time.monotonic() + t.deadline_seconds if t.kind in (pb.Task.TRAIN, pb.Task.EVALUATE) else float("inf")
         )
-        return Task(_KINDS.get(t.kind, "wait"), t.next_round, t.round, t.model_version, training, deadline)
+        secure = t.secure_aggregation if t.HasField("secure_aggregation") else None
+        return Task(_KINDS.get(t.kind, "wait"), t.next_round, t.round, t.model_version, training, deadline, secure)
 
     async def download_model(self, version: int, deadline: float | None = None) -> Model:
         async def call() -> Model:
@@ -299,6 +301,47 @@ class DeviceClient:
         deadline = task.deadline if task.deadline != float("inf") else None
         return (await self._retrying(call, deadline)).accepted
 
+    # ---- secure aggregation: each stage call returns when the server has closed that stage ---------------
+
+    async def advertise_keys(self, request: pb.AdvertiseKeysRequest, deadline: float) -> pb.KeyBroadcast:
+        return await self._stage_call(self.stub.AdvertiseKeys, request, deadline)
+
+    async def share_keys(self, request: pb.ShareKeysRequest, deadline: float) -> pb.ShareBundle:
+        return await self._stage_call(self.stub.ShareKeys, request, deadline)
+
+    async def upload_masked_input(
+        self, round_number: int, masked: bytes, complaints: Sequence[int], deadline: float
+    ) -> pb.UnmaskRequest:
+        """Send the masked input in chunks with its SHA-256; returns the server's unmask request once the
+        masked-input stage has closed."""
+        header = pb.MaskedInputHeader(round=round_number, total_bytes=len(masked), complaints=list(complaints))
+
+        async def call() -> pb.UnmaskRequest:
+            try:
+                reply: pb.UnmaskRequest = await self.stub.UploadMaskedInput(
+                    masked_input_messages(header, masked, self._chunk_bytes),
+                    metadata=self._metadata,
+                    timeout=self._timeout(deadline),
+                    wait_for_ready=True,
+                )
+            except grpc.aio.AioRpcError as err:
+                raise AggregatorError.from_rpc(err) from None
+            return reply
+
+        return await self._retrying(call, deadline)
+
+    async def unmask(self, response: pb.UnmaskResponse, deadline: float) -> pb.UnmaskAck:
+        return await self._stage_call(self.stub.Unmask, response, deadline)
+
+    async def _stage_call(self, method: Callable[..., Awaitable[T]], request: Any, deadline: float) -> T:
+        """One secure-aggregation call, resent after a lost connection (the server takes an identical message
+        twice as once) until `deadline`."""
+
+        async def call() -> T:
+            return await method(request, metadata=self._metadata, timeout=self._timeout(deadline), wait_for_ready=True)
+
+        return await self._retrying(call, deadline)
+
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
             return self.give_up_after
@@ -344,6 +387,16 @@ async def update_messages(
     finally:
         hashing.cancel()
     yield pb.UpdateChunk(trailer=pb.UpdateTrailer(sha256=digest.digest()))
+
+
+async def masked_input_messages(
+    header: pb.MaskedInputHeader, payload: bytes, chunk_bytes: int
+) -> AsyncIterator[pb.MaskedInputChunk]:
+    """A masked input's stream: the header, the ring words in chunks, and their SHA-256 as the trailer."""
+    yield pb.MaskedInputChunk(header=header)
+    for part in codec.split(payload, chunk_bytes):
+        yield pb.MaskedInputChunk(data=bytes(part))
+    yield pb.MaskedInputChunk(trailer=pb.UpdateTrailer(sha256=hashlib.sha256(payload).digest()))
 
 
 def _hash_all(digest: Any, payload: bytes | memoryview, chunk_bytes: int) -> None:

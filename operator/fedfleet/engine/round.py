@@ -9,6 +9,7 @@ and otherwise leaves the round exactly as if it had never arrived.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,16 +123,41 @@ class TrainingRound:
         """Close the round (idempotent): aggregate if enough updates were accepted, else fail it."""
         if self._closed is not None:
             return self._closed
-        outcomes = dict(self._outcomes)
-        for device in self.config.cohort:
-            if device not in outcomes:
-                outcomes[device] = Outcome.REJECTED if device in self._rejected_devices else Outcome.DROPPED
         aggregate: Vector | None = None
         failure = None
         if self.accepted >= self.config.min_reports:
             aggregate = self._accumulator.result()
         else:
             failure = f"only {self.accepted} of the {self.config.min_reports} required reports arrived in time"
+        return self._finish(aggregate, failure)
+
+    def close_secure(
+        self, aggregate: Vector | None, included: Collection[str], num_examples: int, failure: str | None, nbytes: int
+    ) -> RoundResult:
+        """Close a round whose updates went through secure aggregation: the transport computed the aggregate of
+        the `included` devices' updates (it never saw one alone), or the reason there is none."""
+        if self._closed is not None:
+            raise ValueError(f"round {self.number} is already closed")
+        if (aggregate is None) == (failure is None):
+            raise ValueError("a secure round closes with an aggregate or with a failure, not both or neither")
+        if aggregate is not None and (aggregate.dtype != np.float32 or aggregate.shape != (self.config.dim,)):
+            raise ValueError(f"aggregate must be float32 of shape ({self.config.dim},)")
+        if aggregate is not None and len(included) < self.config.min_reports:
+            raise ValueError(f"{len(included)} included devices are fewer than min_reports={self.config.min_reports}")
+        for device in included:
+            if device not in self._cohort:
+                raise ValueError(f"device {device} is not in round {self.number}'s cohort")
+            if aggregate is not None:
+                self._outcomes.setdefault(device, Outcome.COMPLETED)
+        self._examples = num_examples
+        self._bytes += nbytes
+        return self._finish(aggregate, failure)
+
+    def _finish(self, aggregate: Vector | None, failure: str | None) -> RoundResult:
+        outcomes = dict(self._outcomes)
+        for device in self.config.cohort:
+            if device not in outcomes:
+                outcomes[device] = Outcome.REJECTED if device in self._rejected_devices else Outcome.DROPPED
         self._closed = RoundResult(
             round=self.number,
             aggregate=aggregate,

@@ -58,6 +58,8 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     CORRUPT = "corrupt"
     ROUND_CLOSED = "round_closed"
+    SECURE_ONLY = "secure_only"  # a plaintext update in a round that runs secure aggregation
+    SECAGG_MALFORMED = "secagg_malformed"  # a secure-aggregation message failed validation
 
 
 @dataclass

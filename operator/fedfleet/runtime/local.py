@@ -69,7 +69,7 @@ class LocalRuntime:
         if self.spec.privacy.secure_aggregation.enabled:
             raise UnsupportedOnEmbeddedRuntime(
                 "spec.privacy.secureAggregation: secure aggregation runs between devices and the aggregator over"
-                " gRPC; the embedded runtime does not run it yet"
+                " gRPC; run the job with `fedfleet run --transport grpc` (the default)"
             )
         self.task = task or build_task(self.spec)
         self.model = self.task.new_model()

@@ -27,12 +27,15 @@ def test_service_is_versioned() -> None:
     service = pb.DESCRIPTOR.services_by_name["Aggregator"]
     assert service.full_name == "fedfleet.v1.Aggregator"
     assert {m.name for m in service.methods} == {
-        "CheckIn", "GetTask", "DownloadModel", "UploadUpdate", "ReportEvaluation"
+        "CheckIn", "GetTask", "DownloadModel", "UploadUpdate", "ReportEvaluation",
+        "AdvertiseKeys", "ShareKeys", "UploadMaskedInput", "Unmask",
     }  # fmt: skip
     upload = service.methods_by_name["UploadUpdate"]
     download = service.methods_by_name["DownloadModel"]
     assert upload.client_streaming and not upload.server_streaming
     assert download.server_streaming and not download.client_streaming
+    masked = service.methods_by_name["UploadMaskedInput"]
+    assert masked.client_streaming and not masked.server_streaming
 
 
 def test_vectors_travel_as_little_endian_float32() -> None:

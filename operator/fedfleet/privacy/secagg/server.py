@@ -102,6 +102,11 @@ class SecAggServer:
         """The stage accepting messages; None once the round has finished or aborted."""
         return self._stage
 
+    @property
+    def exclusions(self) -> Mapping[int, Exclusion]:
+        """Clients that left the round so far, and why."""
+        return dict(self._excluded)
+
     # --- stage 0 ---------------------------------------------------------------------------------------
 
     def receive_public_keys(self, client_id: int, message: PublicKeys) -> None:

@@ -72,7 +72,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "model_version", "training", "deadline_seconds", "next_round")
+    __slots__ = ("kind", "round", "model_version", "training", "deadline_seconds", "next_round", "secure_aggregation")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -91,13 +91,169 @@ class Task(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     model_version: int
     training: TrainingConfig
     deadline_seconds: float
     next_round: int
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., next_round: _Optional[int] = ...) -> None: ...
+    secure_aggregation: SecureAggregationTask
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., next_round: _Optional[int] = ..., secure_aggregation: _Optional[_Union[SecureAggregationTask, _Mapping]] = ...) -> None: ...
+
+class SecureAggregationTask(_message.Message):
+    __slots__ = ("client_id", "session", "num_clients", "vector_length", "degree", "threshold", "min_survivors", "modulus_bits", "encoding", "key_stage_seconds")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    KEY_STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    session: bytes
+    num_clients: int
+    vector_length: int
+    degree: int
+    threshold: int
+    min_survivors: int
+    modulus_bits: int
+    encoding: UpdateEncoding
+    key_stage_seconds: float
+    def __init__(self, client_id: _Optional[int] = ..., session: _Optional[bytes] = ..., num_clients: _Optional[int] = ..., vector_length: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., min_survivors: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., encoding: _Optional[_Union[UpdateEncoding, _Mapping]] = ..., key_stage_seconds: _Optional[float] = ...) -> None: ...
+
+class UpdateEncoding(_message.Message):
+    __slots__ = ("clip_range", "quantization_bits", "max_clients", "l2_clip", "weight_cap", "noise_sigma_grid", "noise_shares")
+    CLIP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_BITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    L2_CLIP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SIGMA_GRID_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    clip_range: float
+    quantization_bits: int
+    max_clients: int
+    l2_clip: float
+    weight_cap: float
+    noise_sigma_grid: float
+    noise_shares: int
+    def __init__(self, clip_range: _Optional[float] = ..., quantization_bits: _Optional[int] = ..., max_clients: _Optional[int] = ..., l2_clip: _Optional[float] = ..., weight_cap: _Optional[float] = ..., noise_sigma_grid: _Optional[float] = ..., noise_shares: _Optional[int] = ...) -> None: ...
+
+class SecAggPublicKeys(_message.Message):
+    __slots__ = ("encryption_key", "masking_key")
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
+    encryption_key: bytes
+    masking_key: bytes
+    def __init__(self, encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
+
+class AdvertiseKeysRequest(_message.Message):
+    __slots__ = ("round", "keys")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    keys: SecAggPublicKeys
+    def __init__(self, round: _Optional[int] = ..., keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ...) -> None: ...
+
+class NeighbourKeys(_message.Message):
+    __slots__ = ("client_id", "keys")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    keys: SecAggPublicKeys
+    def __init__(self, client_id: _Optional[int] = ..., keys: _Optional[_Union[SecAggPublicKeys, _Mapping]] = ...) -> None: ...
+
+class KeyBroadcast(_message.Message):
+    __slots__ = ("round", "neighbours")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    neighbours: _containers.RepeatedCompositeFieldContainer[NeighbourKeys]
+    def __init__(self, round: _Optional[int] = ..., neighbours: _Optional[_Iterable[_Union[NeighbourKeys, _Mapping]]] = ...) -> None: ...
+
+class SealedShare(_message.Message):
+    __slots__ = ("peer", "ciphertext")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    peer: int
+    ciphertext: bytes
+    def __init__(self, peer: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class ShareKeysRequest(_message.Message):
+    __slots__ = ("round", "self_mask_commitment", "shares")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    self_mask_commitment: bytes
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, round: _Optional[int] = ..., self_mask_commitment: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class ShareBundle(_message.Message):
+    __slots__ = ("round", "shares")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, round: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class MaskedInputHeader(_message.Message):
+    __slots__ = ("round", "total_bytes", "complaints")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    total_bytes: int
+    complaints: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., total_bytes: _Optional[int] = ..., complaints: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MaskedInputChunk(_message.Message):
+    __slots__ = ("header", "data", "trailer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    header: MaskedInputHeader
+    data: bytes
+    trailer: UpdateTrailer
+    def __init__(self, header: _Optional[_Union[MaskedInputHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[UpdateTrailer, _Mapping]] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("round", "survivors", "dropped")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("owner", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: int
+    share: bytes
+    def __init__(self, owner: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskResponse(_message.Message):
+    __slots__ = ("round", "self_mask_shares", "masking_key_shares")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASKING_KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    self_mask_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    masking_key_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, round: _Optional[int] = ..., self_mask_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., masking_key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
+
+class UnmaskAck(_message.Message):
+    __slots__ = ("next_round",)
+    NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    next_round: int
+    def __init__(self, next_round: _Optional[int] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
     __slots__ = ("model_version",)

@@ -59,6 +59,26 @@ class AggregatorStub:
                 request_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ReportEvaluationResponse.FromString,
                 _registered_method=True)
+        self.AdvertiseKeys = channel.unary_unary(
+                '/fedfleet.v1.Aggregator/AdvertiseKeys',
+                request_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.AdvertiseKeysRequest.SerializeToString,
+                response_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.KeyBroadcast.FromString,
+                _registered_method=True)
+        self.ShareKeys = channel.unary_unary(
+                '/fedfleet.v1.Aggregator/ShareKeys',
+                request_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareKeysRequest.SerializeToString,
+                response_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareBundle.FromString,
+                _registered_method=True)
+        self.UploadMaskedInput = channel.stream_unary(
+                '/fedfleet.v1.Aggregator/UploadMaskedInput',
+                request_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.MaskedInputChunk.SerializeToString,
+                response_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskRequest.FromString,
+                _registered_method=True)
+        self.Unmask = channel.unary_unary(
+                '/fedfleet.v1.Aggregator/Unmask',
+                request_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskResponse.SerializeToString,
+                response_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskAck.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -99,6 +119,35 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvertiseKeys(self, request, context):
+        """Secure aggregation (jobs with privacy.secureAggregation.enabled): the four stages of Bonawitz et al. 2017
+        for one TRAIN task that carries `secure_aggregation`. Each call sends this device's message for a stage
+        and returns, once the server has closed that stage, the server's message to it for the next stage.
+        Resending the identical message is safe (a retry after a lost connection).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadMaskedInput(self, request_iterator, context):
+        """The masked input: a header, chunks of the ring words, and a trailer with their SHA-256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +175,26 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.EvaluationReport.FromString,
                     response_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ReportEvaluationResponse.SerializeToString,
+            ),
+            'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvertiseKeys,
+                    request_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.AdvertiseKeysRequest.FromString,
+                    response_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.KeyBroadcast.SerializeToString,
+            ),
+            'ShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareKeys,
+                    request_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareKeysRequest.FromString,
+                    response_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareBundle.SerializeToString,
+            ),
+            'UploadMaskedInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadMaskedInput,
+                    request_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.MaskedInputChunk.FromString,
+                    response_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskRequest.SerializeToString,
+            ),
+            'Unmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unmask,
+                    request_deserializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskResponse.FromString,
+                    response_serializer=fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +332,114 @@ class Aggregator:
             '/fedfleet.v1.Aggregator/ReportEvaluation',
             fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.EvaluationReport.SerializeToString,
             fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ReportEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvertiseKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfleet.v1.Aggregator/AdvertiseKeys',
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.AdvertiseKeysRequest.SerializeToString,
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.KeyBroadcast.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfleet.v1.Aggregator/ShareKeys',
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareKeysRequest.SerializeToString,
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.ShareBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadMaskedInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedfleet.v1.Aggregator/UploadMaskedInput',
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.MaskedInputChunk.SerializeToString,
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfleet.v1.Aggregator/Unmask',
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskResponse.SerializeToString,
+            fedfleet_dot_proto_dot_v1_dot_aggregator__pb2.UnmaskAck.FromString,
             options,
             channel_credentials,
             insecure,
