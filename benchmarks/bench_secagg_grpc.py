@@ -218,7 +218,7 @@ def one_round(clients: int, length: int, secure: bool) -> tuple[dict[str, Any], 
         costs = asyncio.run(run_devices(port, clients, length, authority.cert_pem, token_key, secure))
         result: dict[str, Any] = parent.recv()
     finally:
-        aggregator.join(30)
+        aggregator.join(120)  # it lingers until every device heard the job is over, then stops its server
         if aggregator.is_alive():
             aggregator.kill()
     return result, costs

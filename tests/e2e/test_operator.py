@@ -268,3 +268,28 @@ def test_active_deadline_fails_the_job_and_stops_its_aggregator(
     assert "DeadlineExceeded" in _events(kube, ns, job)
     time.sleep(3)  # several resyncs later: a failed job is not started again
     assert not aggregator_pods(kube, ns, job) and is_true(get_job(kube, ns, job), "Failed")
+
+
+def test_a_secure_job_with_distributed_dp_completes_in_the_cluster(
+    control_plane: cluster.ControlPlane, kube: KubeApi, operator_release: dict[str, Any], tmp_path: Path
+) -> None:
+    """The aggregator pod runs secure aggregation with the device-sim fleet: the four stages over the pod
+    network, Skellam noise added on the devices, ε reported in the status."""
+    ns = new_namespace(kube, "e2e-secure")
+    job = "digits-secure"
+    privacy = {
+        "secureAggregation": {"enabled": True},
+        "differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 0.8, "clipNorm": 2.0},
+    }
+    applied = apply(control_plane, ns, example_job(job, privacy=privacy))
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
+    files = job_files(kube, ns, job, tmp_path / "device")
+    with fleet(endpoint, files, tmp_path / "fleet.log") as devices:
+        done = wait_job(kube, ns, job, "Complete", timeout=180)
+        assert devices.wait(timeout=60) == 0, (tmp_path / "fleet.log").read_text()[-2000:]
+    status = done["status"]
+    assert status["round"] == 3 and status["participants"] >= 3, status
+    assert status["epsilonSpent"] > 0, status
+    complete = condition(done, "Complete")
+    assert complete is not None and complete["reason"] == "RoundsCompleted"

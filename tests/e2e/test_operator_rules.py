@@ -44,6 +44,7 @@ CEL_CASES: list[tuple[str, dict[str, Any]]] = [
         {"aggregation": {"strategy": "multiKrum", "multiKrumSelect": 6}, "cohort": _FULL_COHORT},
     ),
     ("aggregation.strategy", {"aggregation": {"strategy": "median"}, "privacy": _SECAGG}),
+    ("cohort.minReports", {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": _SECAGG}),
     (
         "privacy.differentialPrivacy.mode",
         {"privacy": {"differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0}}},

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from grpc_support import TIME_SCALE, loopback_aggregator_config
+from grpc_support import fleet_settings, loopback_aggregator_config, tail_accuracy
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,7 +18,7 @@ from fedfleet.aggregator.app import AggregatorApp, prepare_security
 from fedfleet.api.manifest import parse_job
 from fedfleet.runtime.local import LocalRuntime
 from fedfleet.runtime.task import build_task
-from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
+from fedfleet.sim.network_fleet import FleetReport, run_fleet
 
 JOB = """\
 apiVersion: fedfleet.io/v1alpha1
@@ -67,8 +67,7 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     task = build_task(job.spec)
     inprocess = LocalRuntime(job, tmp_path / "inprocess", task=task)
     inprocess.prepare(resume=False)
-    reference = inprocess.run()[-1].accuracy
-    assert reference is not None
+    reference = tail_accuracy([r.accuracy for r in inprocess.run()])
 
     state = tmp_path / "grpc"
     config = loopback_aggregator_config("e2e-grpc", state)
@@ -80,13 +79,7 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
         await app.start()
         assert app.http_port is not None
         port = app.http_port
-        settings = FleetSettings(
-            target=f"127.0.0.1:{app.grpc_port}",
-            token_key=security.token_key,
-            ca_pem=security.ca_pem,
-            time_scale=TIME_SCALE,
-            give_up_after=20.0,
-        )
+        settings = fleet_settings(app, security, 20.0)
         fleet = asyncio.create_task(run_fleet(job, settings, task=task))
 
         probes: list[asyncio.Task[tuple[int, str]]] = []
@@ -115,7 +108,8 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     assert [r["round"] for r in records] == list(range(1, 13))
     assert all(r["succeeded"] for r in records)
     final = records[-1]["accuracy"]
-    assert final == pytest.approx(reference, abs=0.06), f"gRPC {final:.3f} vs in-process {reference:.3f}"
+    tail = tail_accuracy([r["accuracy"] for r in records])
+    assert tail == pytest.approx(reference, abs=0.06), f"gRPC {tail:.3f} vs in-process {reference:.3f} (last 3 rounds)"
     assert final > 0.7
     assert records[5]["federated_accuracy"] is not None and records[11]["federated_accuracy"] is not None
     # 5 devices asked, twice; on a loaded machine one may miss the (scaled, 0.6 s) deadline of its campaign.

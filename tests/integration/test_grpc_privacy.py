@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grpc_support import TIME_SCALE, loopback_aggregator_config
+from grpc_support import fleet_settings, loopback_aggregator_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,7 +19,7 @@ from fedfleet.aggregator.config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.privacy.ledger import PrivacyLedger
 from fedfleet.runtime.task import build_task
-from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
+from fedfleet.sim.network_fleet import FleetReport, run_fleet
 from fl_experiments import make_job
 
 TARGET = 2.5  # z = 1.5, q = 5/20: ε is 2.48 after 4 rounds and 2.69 after 5; a larger q stops it sooner
@@ -66,13 +66,7 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     async def scenario() -> FleetReport:
         await app.start()
         assert app.http_port is not None
-        settings = FleetSettings(
-            target=f"127.0.0.1:{app.grpc_port}",
-            token_key=security.token_key,
-            ca_pem=security.ca_pem,
-            time_scale=TIME_SCALE,
-            give_up_after=15.0,
-        )
+        settings = fleet_settings(app, security, 15.0)
         fleet = asyncio.create_task(run_fleet(job, settings, task=task))
         try:
             seen["completed"] = await app.run()

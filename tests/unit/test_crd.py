@@ -211,6 +211,10 @@ CEL_CASES: list[tuple[str, dict[str, Any]]] = [
         {"aggregation": {"strategy": "median"}, "privacy": {"secureAggregation": {"enabled": True}}},
     ),
     (
+        "cohort.minReports",
+        {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": {"secureAggregation": {"enabled": True}}},
+    ),
+    (
         "privacy.differentialPrivacy.mode",
         {"privacy": {"differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1}}},
     ),

@@ -246,3 +246,16 @@ def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
     )
     assert job.spec.privacy.secure_aggregation.enabled
     assert job.spec.privacy.differential_privacy.target_epsilon == 4.0
+
+
+EXAMPLE_JOBS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")
+    if "kind: FederatedJob" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("example", EXAMPLE_JOBS, ids=[p.name for p in EXAMPLE_JOBS])
+def test_every_example_job_manifest_is_valid(example: Path) -> None:
+    job = parse_job(example.read_text())
+    assert job.spec.rounds >= 1 and job.metadata.name

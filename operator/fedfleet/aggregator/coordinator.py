@@ -228,7 +228,7 @@ class Coordinator:
             started_wall, started_job = time.perf_counter(), self._job_now()
             self.current = training_round
             self.metrics.round_current.set(number)
-            secure = self._secure_round(training_round) if self.uses_secure_aggregation else None
+            secure = self._start_secure_round(training_round) if self.uses_secure_aggregation else None
             self.secure = secure
             self._tasks_changed_now()
             if secure is not None:
@@ -359,7 +359,7 @@ class Coordinator:
         self._progress_now()
         return UploadOutcome(outcome, target.number, self.next_round)
 
-    def secure_round(self, device_id: str, round_number: int) -> SecureRound:
+    def secure_round(self, round_number: int) -> SecureRound:
         """The open secure-aggregation round a device's stage message is for. Raises SecureRoundRefused."""
         secure = self.secure
         if secure is None:
@@ -413,7 +413,7 @@ class Coordinator:
 
         return PRIVACY_STOPS
 
-    def _secure_round(self, training_round: TrainingRound) -> SecureRound:
+    def _start_secure_round(self, training_round: TrainingRound) -> SecureRound:
         examples = {}
         for device in training_round.config.cohort:
             state = self.registry.get(device)

@@ -217,7 +217,7 @@ class SecureRound:
         reply: UnmaskRequest = await self._reply(Stage.MASKED_INPUT, slot)
         return wire.unmask_request_to_proto(reply)
 
-    def unmask(self, device_id: str, request: pb.UnmaskResponse) -> None:
+    async def unmask(self, device_id: str, request: pb.UnmaskResponse) -> None:
         slot = self._slot(device_id, request.round)
         self._receive(
             device_id, slot, Stage.UNMASK, self.server.receive_unmask, wire.unmask_response_from_proto(request)

@@ -8,8 +8,8 @@ engine stay free of gRPC. Every refusal carries a one-line message and, in the t
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -20,7 +20,9 @@ from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier
 
 from .coordinator import BadReport, Coordinator, DeviceUnknown, ModelVersionGone, TaskKind, TaskView
-from .secure_round import SecureRoundRefused
+from .secure_round import SecureRound, SecureRoundRefused
+
+R = TypeVar("R")
 
 ERROR_KEY = "fedfleet-error"
 
@@ -195,42 +197,35 @@ class AggregatorService:
     # ---- secure aggregation: each call waits until its stage closes -------------------------------------
 
     async def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: Any) -> pb.KeyBroadcast:
-        device_id = await self._device(context)
-        try:
-            secure = self._coordinator.secure_round(device_id, request.round)
-            return await secure.advertise_keys(device_id, request)
-        except SecureRoundRefused as err:
-            await _refuse(context, err)
+        return await self._secure(context, request.round, lambda secure, device: secure.advertise_keys(device, request))
 
     async def ShareKeys(self, request: pb.ShareKeysRequest, context: Any) -> pb.ShareBundle:
-        device_id = await self._device(context)
-        try:
-            secure = self._coordinator.secure_round(device_id, request.round)
-            return await secure.share_keys(device_id, request)
-        except SecureRoundRefused as err:
-            await _refuse(context, err)
+        return await self._secure(context, request.round, lambda secure, device: secure.share_keys(device, request))
 
     async def UploadMaskedInput(
         self, request_iterator: AsyncIterator[pb.MaskedInputChunk], context: Any
     ) -> pb.UnmaskRequest:
         started = time.perf_counter()
-        device_id = await self._device(context)
-        coordinator = self._coordinator
-        try:
-            secure = coordinator.secure_round(device_id, coordinator.next_round)
-            reply = await secure.masked_input(device_id, request_iterator, on_received=coordinator.secure_input_done)
-        except SecureRoundRefused as err:
-            await _refuse(context, err)
+        done = self._coordinator.secure_input_done
+        reply = await self._secure(
+            context,
+            self._coordinator.next_round,  # the header names the round; the open one is checked against it
+            lambda secure, device: secure.masked_input(device, request_iterator, on_received=done),
+        )
         self._observe("UploadMaskedInput", started)
         return reply
 
     async def Unmask(self, request: pb.UnmaskResponse, context: Any) -> pb.UnmaskAck:
+        await self._secure(context, request.round, lambda secure, device: secure.unmask(device, request))
+        return pb.UnmaskAck(next_round=self._coordinator.next_round)
+
+    async def _secure(self, context: Any, round_number: int, call: Callable[[SecureRound, str], Awaitable[R]]) -> R:
+        """Authenticate, find the open secure round and make one stage call; refusals become status codes."""
         device_id = await self._device(context)
         try:
-            self._coordinator.secure_round(device_id, request.round).unmask(device_id, request)
+            return await call(self._coordinator.secure_round(round_number), device_id)
         except SecureRoundRefused as err:
             await _refuse(context, err)
-        return pb.UnmaskAck(next_round=self._coordinator.next_round)
 
 
 async def _refuse(context: Any, err: SecureRoundRefused) -> NoReturn:

@@ -177,6 +177,12 @@ CROSS_FIELD_RULES: tuple[tuple[str, str, str], ...] = (
         "aggregation reveals only their sum",
     ),
     (
+        f"!self.privacy.secureAggregation.enabled || {_MIN_REPORTS} >= 2",
+        "cohort.minReports",
+        "cohort.minReports: secure aggregation needs at least 2 reports per round (the sum of one update is "
+        "that update)",
+    ),
+    (
         "self.privacy.differentialPrivacy.mode != 'distributed' || self.privacy.secureAggregation.enabled",
         "privacy.differentialPrivacy.mode",
         "privacy.differentialPrivacy.mode: distributed noise needs privacy.secureAggregation.enabled",

@@ -154,13 +154,8 @@ class DeviceAgent:
             await self._train_secure(task, stop)
             return
         model = await self._weights(task)
-        result = await self.trainer.train(task, model.weights)
+        result = await self._local_update(task, model, stop)
         if result is None:
-            await self._sit_out(task, stop)
-            return
-        self.stats.trained += 1
-        if time.monotonic() >= task.deadline:
-            self.stats.skipped_past_deadline += 1
             return
         receipt = await self.client.upload_update(
             task, result.delta, result.num_examples, result.train_loss, self.layout or model.layout
@@ -171,13 +166,22 @@ class DeviceAgent:
         else:
             self.stats.late += 1
 
-    async def _sit_out(self, task: Task, stop: asyncio.Event) -> None:
-        """Gone for the rest of the round (switched off, out of coverage): back after its deadline."""
-        self.stats.dropped += 1
-        left = task.seconds_left()
-        if left > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), left)
+    async def _local_update(self, task: Task, model: Model, stop: asyncio.Event) -> LocalResult | None:
+        """Train; None when the device dropped out (it then sits out the round) or finished past the deadline."""
+        result = await self.trainer.train(task, model.weights)
+        if result is None:
+            # Gone for the rest of the round (switched off, out of coverage): back after its deadline.
+            self.stats.dropped += 1
+            left = task.seconds_left()
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), left)
+            return None
+        self.stats.trained += 1
+        if time.monotonic() >= task.deadline:
+            self.stats.skipped_past_deadline += 1
+            return None
+        return result
 
     async def _train_secure(self, task: Task, stop: asyncio.Event) -> None:
         """The secure-aggregation round: keys first, then training, then the masked input and unmasking."""
@@ -185,13 +189,8 @@ class DeviceAgent:
             model = await self._weights(task)
             session = SecureSession(self.client, task, self._sent_secure)
             await session.exchange_keys()
-            result = await self.trainer.train(task, model.weights)
+            result = await self._local_update(task, model, stop)
             if result is None:
-                await self._sit_out(task, stop)
-                return
-            self.stats.trained += 1
-            if time.monotonic() >= task.deadline:
-                self.stats.skipped_past_deadline += 1
                 return
             self.next_round = await session.submit(result.delta, result.num_examples)
             self.stats.accepted += 1

@@ -78,7 +78,7 @@ class SecureSession:
         self.sent.check(task.round, self.config.session)
         self.grace = max(params.key_stage_seconds, 1.0)  # the unmasking stage runs past the round's deadline
         self.bundle: ShareBundle | None = None
-        self.crypto_seconds = 0.0  # time spent in this device's own protocol work
+        self.crypto_seconds = 0.0  # CPU seconds of this device's own work: keys, shares, encoding, masking
         self.upload_bytes = 0  # serialized messages this device sent, masked input included
         self.download_bytes = 0  # serialized messages the server sent back to it
 
@@ -107,11 +107,9 @@ class SecureSession:
         if self.bundle is None:
             raise RuntimeError("exchange_keys must succeed before the update can be masked")
         bundle = self.bundle
-        started = time.perf_counter()
-        vector = await asyncio.to_thread(self.encoding.encode, delta, num_examples)
-        masked = await asyncio.to_thread(self._protocol, lambda: self.secagg.masked_input(bundle, vector))
-        self.crypto_seconds += time.perf_counter() - started
-        return masked
+        return await asyncio.to_thread(
+            self._protocol, lambda: self.secagg.masked_input(bundle, self.encoding.encode(delta, num_examples))
+        )
 
     async def send(self, masked: MaskedInput) -> int:
         """Upload the masked input, then reveal the shares the server asks for (stages 2 and 3)."""
@@ -128,11 +126,12 @@ class SecureSession:
         return int(ack.next_round)
 
     def _timed(self, step: Callable[[], R]) -> R:
-        started = time.perf_counter()
+        # CPU time of the calling thread: what the step costs the device, not time spent waiting for a core.
+        started = time.thread_time()
         try:
             return step()
         finally:
-            self.crypto_seconds += time.perf_counter() - started
+            self.crypto_seconds += time.thread_time() - started
 
     def _protocol(self, step: Callable[[], R]) -> R:
         """Run a protocol step; a server message that breaks the protocol ends this device's part."""

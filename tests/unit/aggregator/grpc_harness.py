@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from prometheus_client import CollectorRegistry
 
 from fedfleet.aggregator.app import AggregatorApp, Security
@@ -40,8 +41,12 @@ spec:
 """
 
 
-def make_job(name: str = "bad-inputs", rounds: int = 1, clients: int = 2) -> FederatedJob:
-    return parse_job(JOB.format(name=name, rounds=rounds, clients=clients))
+def make_job(name: str = "bad-inputs", rounds: int = 1, clients: int = 2, **spec: dict[str, Any]) -> FederatedJob:
+    """The harness job; `spec` sections are merged over it (e.g. privacy=..., cohort={"minReports": 2})."""
+    document = yaml.safe_load(JOB.format(name=name, rounds=rounds, clients=clients))
+    for section, values in spec.items():
+        document["spec"][section] = {**document["spec"].get(section, {}), **values}
+    return parse_job(yaml.safe_dump(document))
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_harness import Harness, Pki, make_pki, messages, running, wait_task
+from grpc_harness import Harness, Pki, make_job, make_pki, messages, running, wait_task
 
 from fedfleet.api.federatedjob import FederatedJob
-from fedfleet.api.manifest import parse_job
 from fedfleet.device.client import AggregatorError, Capabilities, DeviceClient, Task
 from fedfleet.device.secure import SecureRoundRefusedByDevice, SentRounds
 from fedfleet.privacy.secagg import PublicKeys, SecAggClient, Stage, ring
@@ -26,26 +25,18 @@ from fedfleet.proto import codec
 from fedfleet.proto import secagg_wire as wire
 from fedfleet.runtime.records import read_records
 
-JOB = """\
-apiVersion: fedfleet.io/v1alpha1
-kind: FederatedJob
-metadata:
-  name: {name}
-spec:
-  rounds: {rounds}
-  seed: 3
-  model: {{architecture: logistic}}
-  training: {{localEpochs: 1, batchSize: 0, learningRate: 0.1}}
-  cohort: {{clientsPerRound: {clients}, overSelection: 1.0, minReports: {min_reports}, roundDeadlineSeconds: 4}}
-  evaluation: {{serverEvery: 0}}
-  simulation: {{devices: {clients}, dataset: digits, testSamples: 100}}
-  privacy:
-    secureAggregation: {{enabled: true, neighbours: 100, thresholdFraction: 0.51, quantizationBits: 16}}
-"""
-
 
 def secure_job(name: str, *, rounds: int = 1, clients: int = 16, min_reports: int = 4) -> FederatedJob:
-    return parse_job(JOB.format(name=name, rounds=rounds, clients=clients, min_reports=min_reports))
+    return make_job(
+        name,
+        rounds,
+        clients,
+        cohort={"minReports": min_reports, "roundDeadlineSeconds": 4},
+        simulation={"devices": clients},
+        privacy={
+            "secureAggregation": {"enabled": True, "neighbours": 100, "thresholdFraction": 0.51, "quantizationBits": 16}
+        },
+    )
 
 
 @pytest.fixture(scope="module")
