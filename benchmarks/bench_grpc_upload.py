@@ -127,6 +127,7 @@ class _Sink:
     """A servicer that only drains the upload stream: what gRPC with TLS costs by itself."""
 
     CheckIn = GetTask = DownloadModel = ReportEvaluation = None
+    AdvertiseKeys = ShareKeys = UploadMaskedInput = Unmask = None
 
     async def UploadUpdate(self, chunks: Any, context: Any) -> Any:
         from fedfleet.proto.v1 import aggregator_pb2 as pb
@@ -154,8 +155,9 @@ def _serve_sink(security: Any, pipe: Connection) -> None:
     asyncio.run(main())
 
 
-def measure_transport(params: int, repeats: int, chunk_bytes: int) -> list[float]:
-    """The same chunks, without digest or aggregation, into a servicer that only drains them."""
+def measure_transport(params: int, repeats: int, chunk_bytes: int, channels: int = 1) -> list[float]:
+    """The same chunks, without digest or aggregation, into a servicer that only drains them; with
+    `channels` > 1 the payload is split into that many parts sent at once, each on its own TLS connection."""
     import grpc
 
     from fedfleet.device.client import channel_options
@@ -167,22 +169,39 @@ def measure_transport(params: int, repeats: int, chunk_bytes: int) -> list[float
     ca = generate_ca("bench CA")
     cert = issue_server_cert(ca, ["127.0.0.1"])
     payload = codec.encode_vector(np.random.default_rng(0).standard_normal(params, dtype=np.float32))
+    part = -(-len(payload) // channels)
+    parts = [payload[i * part : (i + 1) * part] for i in range(channels)]
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_serve_sink, args=((cert.cert_pem, cert.key_pem), child), daemon=True)
     proc.start()
+    if not parent.poll(60):  # a sink that died at start must fail the benchmark, not hang it
+        proc.kill()
+        raise RuntimeError("the do-nothing gRPC sink did not start")
     port = parent.recv()
 
     async def client() -> list[float]:
         credentials = grpc.ssl_channel_credentials(ca.cert_pem)
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=channel_options()) as channel:
-            stub = pb_grpc.AggregatorStub(channel)
-            times = []
+        opened = [
+            grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=channel_options())
+            for _ in range(channels)
+        ]
+        stubs = [pb_grpc.AggregatorStub(channel) for channel in opened]
+        times = []
+        try:
             for _ in range(repeats + 1):
                 started = time.perf_counter()
-                await stub.UploadUpdate(pb.UpdateChunk(data=bytes(p)) for p in codec.split(payload, chunk_bytes))
+                await asyncio.gather(
+                    *(
+                        stub.UploadUpdate(pb.UpdateChunk(data=bytes(p)) for p in codec.split(data, chunk_bytes))
+                        for stub, data in zip(stubs, parts, strict=True)
+                    )
+                )
                 times.append(time.perf_counter() - started)
-            return times[1:]
+        finally:
+            for channel in opened:
+                await channel.close()
+        return times[1:]
 
     try:
         return asyncio.run(client())
@@ -260,6 +279,7 @@ def run(params: int, repeats: int, chunk_bytes: int) -> dict[str, Any]:
     seal = measure_tls_crypto(size, repeats)
     grpc_times = measure_grpc(params, repeats, chunk_bytes)
     transport = measure_transport(params, repeats, chunk_bytes)
+    parallel = measure_transport(params, repeats, chunk_bytes, channels=4)
     tcp_best, grpc_best = min(tcp), min(grpc_times)
     return {
         "params": params,
@@ -273,6 +293,8 @@ def run(params: int, repeats: int, chunk_bytes: int) -> dict[str, Any]:
         # For the record: gRPC + TLS moving the same chunks into a servicer that does nothing with them.
         "transport_only_seconds": [round(t, 4) for t in transport],
         "transport_only_ratio": round(tcp_best / min(transport), 3),
+        # ... and split over 4 TLS connections at once: what parallel streams could buy at best.
+        "transport_only_4_channels_ratio": round(tcp_best / min(parallel), 3),
         # The ceiling TLS itself puts on the ratio on this machine (see measure_tls_crypto).
         "tls_seal_mb_per_s": round(size / seal / 1e6, 1),
         "tls_crypto_ceiling_ratio": round(tcp_best / seal, 3),
