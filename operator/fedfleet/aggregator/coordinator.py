@@ -2,8 +2,10 @@
 
 It drives the transport-agnostic engine: `FederatedServer.start_round` with the devices that checked in,
 consent and are available; `TrainingRound.submit` for each upload; `finish_round` when the round is full,
-past its deadline, or has no invitee left to hear from. Everything runs on one asyncio loop, so the engine's
-objects are only ever touched from one thread.
+past its deadline, or has no invitee left to hear from. In a job with secure aggregation no upload is ever
+submitted alone: a `SecureRound` (secure_round.py) runs the round's four stages and hands the engine only
+the aggregate. Everything runs on one asyncio loop, so the engine's objects are only ever touched from one
+thread.
 
 Two clocks: job seconds (deadlines, as the spec states them) are wall seconds divided by `time_scale`, so a
 simulated fleet can run a job faster than real time; registry freshness and settling use wall seconds.
