@@ -11,7 +11,8 @@ noised with the device's own OS randomness) and masked on the device; only the m
 
 A device never sends two masked inputs for one round number under different sessions: a server that reran
 a round (after a crash, or pretending one) could otherwise subtract two sums over different subsets and
-isolate one device's update. `SentRounds` remembers what this device sent.
+isolate one device's update. `SentRounds` remembers what this device sent, in memory: a device that must
+keep the promise across restarts should persist it.
 """
 
 from __future__ import annotations
