@@ -207,7 +207,9 @@ class SecureRound:
                 self.metrics.bytes_received.inc(assembler.add(chunk))
             payload = await assembler.finish()
         except UpdateRejected as rejection:
+            # Damaged in transit: counted, but nothing reached the protocol, so the device may send it again.
             await assembler.abandon()
+            self.metrics.rejected.labels(RejectReason.CORRUPT).inc()
             raise SecureRoundRefused("corrupt", rejection.message) from None
         message = MaskedInput(header.round, bytes(payload), tuple(header.complaints))
         self._receive(device_id, slot, Stage.MASKED_INPUT, self.server.receive_masked_input, message)

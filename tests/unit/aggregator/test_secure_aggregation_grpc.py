@@ -8,6 +8,7 @@ quantized input and can check the aggregator's model step against the exact sum 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fedfleet.privacy.secagg import PublicKeys, SecAggClient, Stage, ring
 from fedfleet.privacy.secure_update import UpdateEncoding
 from fedfleet.proto import codec
 from fedfleet.proto import secagg_wire as wire
+from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.runtime.records import read_records
 
 
@@ -52,6 +54,8 @@ class Device:
     examples: int
     silent_from: Stage | None = None
     malformed_keys: bool = False
+    bad_masked_input: str | None = None  # "corrupt": a digest mismatch first; "short": a wrong-size input
+    first_refusal: AggregatorError | None = None  # what the bad masked input got
     vector: np.ndarray | None = None  # its quantized input, once it sent a masked input
     encoding: UpdateEncoding | None = None  # the round's encoding, as its TRAIN task gave it
     refusal: AggregatorError | None = None
@@ -93,13 +97,34 @@ async def stages(
     bundle = await client.share_keys(wire.share_keys_to_proto(shares), task.deadline)
     if silent == Stage.MASKED_INPUT:
         return
-    device.vector = encoding.encode(delta, device.examples, np.random.default_rng(seed))
-    masked = secagg.masked_input(wire.bundle_from_proto(bundle), device.vector)
+    vector = encoding.encode(delta, device.examples, np.random.default_rng(seed))
+    masked = secagg.masked_input(wire.bundle_from_proto(bundle), vector)
+    if device.bad_masked_input is not None:
+        device.first_refusal = await send_bad_masked_input(client, task, masked.masked, device.bad_masked_input)
+        if device.bad_masked_input == "short":
+            return
+    device.vector = vector
     request = await client.upload_masked_input(task.round, masked.masked, masked.complaints, task.deadline + 5)
     if silent == Stage.UNMASK:
         return
     response = secagg.unmask(wire.unmask_request_from_proto(request))
     await client.unmask(wire.unmask_response_to_proto(response), task.deadline + 5)
+
+
+async def send_bad_masked_input(client: DeviceClient, task: Task, masked: bytes, kind: str) -> AggregatorError:
+    """A masked input whose SHA-256 does not match ("corrupt") or that is 4 bytes short ("short")."""
+    payload = masked[:-4] if kind == "short" else masked
+    digest = hashlib.sha256(payload).digest() if kind == "short" else bytes(32)
+    stream = [
+        pb.MaskedInputChunk(header=pb.MaskedInputHeader(round=task.round, total_bytes=len(payload))),
+        pb.MaskedInputChunk(data=payload),
+        pb.MaskedInputChunk(trailer=pb.UpdateTrailer(sha256=digest)),
+    ]
+    try:
+        await client.stub.UploadMaskedInput(iter(stream), metadata=client.metadata, timeout=10)
+    except grpc.aio.AioRpcError as err:
+        return AggregatorError.from_rpc(err)
+    raise AssertionError(f"a {kind} masked input was accepted")
 
 
 def deltas(count: int, dim: int) -> list[np.ndarray]:
@@ -190,6 +215,41 @@ def test_a_round_below_the_threshold_fails_cleanly_and_the_next_round_runs(tmp_p
     np.testing.assert_array_equal(final, expected_weights(initial, encoding, [d.vector for d in second]))
     assert harness.metric("fedfleet_secagg_rounds_total", result="failed") == 1
     assert harness.metric("fedfleet_secagg_rounds_total", result="succeeded") == 1
+
+
+def test_a_corrupted_masked_input_can_be_resent_and_a_wrong_sized_one_drops_its_sender(
+    tmp_path: Path, pki: Pki
+) -> None:
+    job = secure_job("secagg-bad-masked", clients=5, min_reports=2)
+    devices = [Device(f"m{i}", examples=15) for i in range(5)]
+    devices[0].bad_masked_input = "corrupt"
+    devices[1].bad_masked_input = "short"
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray, Harness]:
+        async with running(job, tmp_path / "state", pki) as harness:
+            initial = harness.app.coordinator.server.weights.copy()
+            updates = deltas(len(devices), initial.shape[0])
+            await asyncio.gather(*(take_part(harness, d, updates[i], seed=i) for i, d in enumerate(devices)))
+            assert await harness.finished()
+            return initial, harness.app.coordinator.server.weights.copy(), harness
+
+    initial, final, harness = asyncio.run(scenario())
+    corrupt, short = devices[0].first_refusal, devices[1].first_refusal
+    assert corrupt is not None and corrupt.code == grpc.StatusCode.DATA_LOSS and corrupt.reason == "corrupt"
+    assert "digest mismatch" in corrupt.message
+    assert short is not None and short.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert short.reason == "secagg_malformed" and "the header declares" in short.message
+    # The corrupted stream left no trace: the same device's intact resend is in the sum; the short one is not.
+    included = [d for d in devices if d.vector is not None]
+    assert [d.name for d in included] == ["m0", "m2", "m3", "m4"]
+    encoding = included[0].encoding
+    assert encoding is not None
+    np.testing.assert_array_equal(final, expected_weights(initial, encoding, [d.vector for d in included]))
+    (record,) = read_records(harness.app.paths.metrics)
+    assert record.participants == 4 and record.rejected == 1
+    assert harness.metric("fedfleet_secagg_excluded_total", stage="masked_input", reason="malformed") == 1
+    assert harness.metric("fedfleet_updates_rejected_total", reason="corrupt") == 1
+    assert harness.metric("fedfleet_updates_rejected_total", reason="secagg_malformed") == 1
 
 
 def test_a_plaintext_upload_is_refused_in_a_secure_job(tmp_path: Path, pki: Pki) -> None:
