@@ -293,23 +293,17 @@ class SecureRound:
 
     def close_training_round(self) -> RoundResult:
         """Hand the decoded aggregate (or the failure) to the round engine."""
-        result = self.result
-        failure = self.failure
-        aggregate = None
-        included: list[str] = []
-        if result is not None:
-            included = [self.devices[slot] for slot in sorted(result.included)]
+        failure = self.failure or "secure aggregation produced no result"
+        if self.result is not None:
+            included = [self.devices[slot] for slot in sorted(self.result.included)]
             try:
-                aggregate = self._aggregate(result)
+                aggregate = self._aggregate(self.result)
             except ValueError as exc:
                 failure = f"secure aggregation result unusable: {exc}"
-        if aggregate is None and failure is None:
-            failure = "secure aggregation produced no result"
-        examples = sum(self.examples.get(d, 0) for d in included) if aggregate is not None else 0
-        return self.training_round.close_secure(
-            aggregate, included if aggregate is not None else [], examples, None if aggregate is not None else failure,
-            self._masked_bytes,
-        )  # fmt: skip
+            else:
+                examples = sum(self.examples.get(d, 0) for d in included)
+                return self.training_round.close_secure(aggregate, included, examples, None, self._masked_bytes)
+        return self.training_round.close_secure(None, [], 0, failure, self._masked_bytes)
 
     def _aggregate(self, result: SecAggResult) -> np.ndarray[Any, np.dtype[np.float32]]:
         count = len(result.included)
