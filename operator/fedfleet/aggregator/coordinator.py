@@ -31,7 +31,8 @@ from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.engine.round import TrainingRound, UpdateRejected
 from fedfleet.engine.seeding import Purpose, stream
 from fedfleet.engine.server import FederatedServer
-from fedfleet.engine.types import Outcome, RejectReason, RoundResult, Vector
+from fedfleet.engine.types import Outcome, RejectReason, RoundResult
+from fedfleet.models.vector import Vector
 from fedfleet.persist.checkpoint import load_checkpoint, save_checkpoint
 from fedfleet.privacy.secure_update import plan_encoding
 from fedfleet.proto import codec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedfleet.device.training import evaluate
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.models.params import load_flat_parameters, parameter_layout
 from fedfleet.proto.codec import Layout
 from fedfleet.runtime.records import Evaluation

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import grpc
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.proto import codec
 
 from .client import AggregatorError, Capabilities, DeviceClient, Model, Task

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import grpc
 import numpy as np
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.models.params import load_flat_parameters, parameter_layout
 from fedfleet.proto.codec import Layout
 

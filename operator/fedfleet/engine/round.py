@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfleet.engine.types import ModelUpdate, Outcome, RejectReason, RoundResult, Vector
+from fedfleet.engine.types import ModelUpdate, Outcome, RejectReason, RoundResult
+from fedfleet.models.vector import Vector
 from fedfleet.strategies.base import AggregationRule
 
 

@@ -17,7 +17,8 @@ from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.engine.cohort import select_cohort
 from fedfleet.engine.round import RoundConfig, TrainingRound
 from fedfleet.engine.seeding import Purpose, stream
-from fedfleet.engine.types import Outcome, RoundResult, Vector
+from fedfleet.engine.types import Outcome, RoundResult
+from fedfleet.models.vector import Vector
 from fedfleet.persist.checkpoint import Checkpoint, CheckpointError
 from fedfleet.strategies.registry import build_strategy
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 
 Float64 = NDArray[np.float64]
 

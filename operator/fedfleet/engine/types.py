@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import numpy as np
-from numpy.typing import NDArray
-
-Vector = NDArray[np.float32]
+from fedfleet.models.vector import Vector
 
 
 @dataclass(frozen=True)

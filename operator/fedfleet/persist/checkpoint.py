@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.persist.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import torch
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.data.datasets import Dataset, load_dataset, train_test_split
 from fedfleet.engine.seeding import Purpose, derive_seed
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.models.nets import build_model
 from fedfleet.models.params import flat_parameters, load_flat_parameters
 from fedfleet.persist.atomic import atomic_writer

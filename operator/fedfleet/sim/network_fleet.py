@@ -23,7 +23,7 @@ from fedfleet.device.retry import Backoff
 from fedfleet.device.torch_trainer import ModelPool, TorchTrainer
 from fedfleet.device.training import EvalResult, LocalResult
 from fedfleet.engine.seeding import Purpose, derive_seed, stream
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.runtime.task import SimulatedTask, build_task
 from fedfleet.security.tokens import issue_token, job_identity
 from fedfleet.sim.attacks import attack_update

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 
 # Coordinates processed per step by the column-wise rules and the streaming sums: big enough that numpy's
 # per-call overhead vanishes, small enough that the float64 scratch (512 KiB) stays in cache.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.strategies.base import (
     COLUMN_BLOCK,
     Accumulator,

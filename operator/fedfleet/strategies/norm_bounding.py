@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.strategies.base import COLUMN_BLOCK, Accumulator, AggregationRule, check_update, require_updates
 from fedfleet.strategies.fedavg import WeightedSum
 

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedfleet.api.federatedjob import DifferentialPrivacySpec
-from fedfleet.engine.types import Vector
+from fedfleet.models.vector import Vector
 from fedfleet.strategies.base import (
     COLUMN_BLOCK,
     Accumulator,
