@@ -3,7 +3,7 @@ TCP socket copy of the same bytes on loopback, measured in the same run.
 
     python benchmarks/bench_grpc_upload.py [--params 10000000] [--repeats 3] [--chunk-bytes 2097152]
 
-The aggregator side is the real one — TLS gRPC server, token check, the Coordinator and the round engine (the
+The aggregator side is the real one — TLS gRPC server, token check, the device hub and the round loop (the
 update is verified, decoded and folded into a FedAvg round) — in its own process, as in production; the
 device side is the SDK's `DeviceClient.upload_update` (float32 encoding, SHA-256, chunking). The baseline
 sends the same payload over a plain TCP socket to another process that receives it into a buffer. Both
@@ -50,28 +50,31 @@ def _serve_grpc(params: int, rounds: int, security: Any, state: str, chunk_bytes
     from prometheus_client import CollectorRegistry
 
     from fedfleet.aggregator.app import create_grpc_server
-    from fedfleet.aggregator.coordinator import Coordinator, CoordinatorSettings
+    from fedfleet.aggregator.hub import DeviceHub, HubSettings
     from fedfleet.aggregator.metrics import AggregatorMetrics
     from fedfleet.aggregator.service import AggregatorService
-    from fedfleet.runtime.records import RunPaths
+    from fedfleet.aggregator.transport import serve_rounds
+    from fedfleet.engine.journal import RunJournal
+    from fedfleet.engine.server import FederatedServer
     from fedfleet.security.tokens import TokenVerifier
 
     async def main() -> None:
-        coordinator = Coordinator(
+        spec = _spec(rounds)
+        hub = DeviceHub(
             JOB_NAME,
-            _spec(rounds),
-            np.zeros(params, dtype=np.float32),
+            spec,
+            FederatedServer(spec, np.zeros(params, dtype=np.float32)),
             (("w", (params,)),),
-            RunPaths(Path(state)),
             AggregatorMetrics(CollectorRegistry(), process=False),
-            CoordinatorSettings(min_devices=1, settle_seconds=0.0, quiet_seconds=0.0),
+            HubSettings(min_devices=1, settle_seconds=0.0, quiet_seconds=0.0),
         )
-        coordinator.restore()
-        service = AggregatorService(coordinator, TokenVerifier(security.token_key, JOB_NAME), chunk_bytes)
+        journal = RunJournal(Path(state))
+        journal.prepare(resume=False)
+        service = AggregatorService(hub, TokenVerifier(security.token_key, JOB_NAME), chunk_bytes)
         server, port = create_grpc_server(service, health.aio.HealthServicer(), security, "127.0.0.1", 0)
         await server.start()
         pipe.send(port)
-        await coordinator.run()
+        await serve_rounds(hub, journal)
         await asyncio.sleep(0.5)  # let the last answer go out
         await server.stop(1)
 

@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/bench_secagg_grpc.py                 # n ∈ {100, 500} × m ∈ {1e5, 1e6}
     nice -n 10 .venv/bin/python benchmarks/bench_secagg_grpc.py --clients 100 --length 100000      # cheapest
 
-The aggregator (Coordinator + gRPC service with TLS, as `fedfleet aggregator` runs them) is its own process;
+The aggregator (device hub, round loop + gRPC service with TLS, as `fedfleet aggregator` runs them) is its own process;
 the n devices are SDK clients (DeviceClient + SecureSession: keys, encoding, masking, unmasking) in this
 process, each with its own TLS connection and token. 10% of the devices go silent after the key exchange
 (they drop while "training"), the costliest dropout for the server, which must rebuild their masking keys
@@ -75,11 +75,15 @@ async def _serve(
     from prometheus_client import CollectorRegistry
 
     from fedfleet.aggregator.app import Security, create_grpc_server, job_identity
-    from fedfleet.aggregator.coordinator import Coordinator, CoordinatorSettings
+    from fedfleet.aggregator.hub import DeviceHub, HubSettings
     from fedfleet.aggregator.metrics import AggregatorMetrics
     from fedfleet.aggregator.service import AggregatorService
+    from fedfleet.aggregator.transport import serve_rounds
     from fedfleet.api.manifest import parse_job
-    from fedfleet.runtime.records import RoundRecord, RunPaths
+    from fedfleet.engine.journal import RunJournal
+    from fedfleet.engine.loop import record_observer
+    from fedfleet.engine.records import RoundRecord
+    from fedfleet.engine.server import FederatedServer
     from fedfleet.security.tokens import TokenVerifier
 
     job = parse_job(yaml_text)
@@ -87,17 +91,17 @@ async def _serve(
     registry = CollectorRegistry()
     metrics = AggregatorMetrics(registry, process=False)
     with tempfile.TemporaryDirectory() as state:
-        coordinator = Coordinator(
+        hub = DeviceHub(
             identity,
             job.spec,
-            np.zeros(length, np.float32),
+            FederatedServer(job.spec, np.zeros(length, np.float32)),
             (("w", (length,)),),
-            RunPaths(Path(state)),
             metrics,
-            CoordinatorSettings(settle_seconds=1.0, quiet_seconds=0.5, poll_seconds=10.0, device_ttl_seconds=3600),
+            HubSettings(settle_seconds=1.0, quiet_seconds=0.5, poll_seconds=10.0, device_ttl_seconds=3600),
         )
-        coordinator.restore()
-        service = AggregatorService(coordinator, TokenVerifier(token_key, identity), 1 << 20)
+        journal = RunJournal(Path(state))
+        journal.prepare(resume=False)
+        service = AggregatorService(hub, TokenVerifier(token_key, identity), 1 << 20)
         server, port = create_grpc_server(
             service, health.aio.HealthServicer(), Security(cert, key, ca, token_key), "127.0.0.1", 0
         )
@@ -106,19 +110,19 @@ async def _serve(
         marks: dict[str, float] = {}
 
         async def watch() -> None:  # the CPU clock at the round's start (when the cohort is invited)
-            while coordinator.current is None:
+            while hub.current is None:
                 await asyncio.sleep(0.005)
             marks["cpu"], marks["wall"] = time.process_time(), time.perf_counter()
 
         watcher = asyncio.create_task(watch())
         records: list[RoundRecord] = []
-        await coordinator.run(records.append)
+        await serve_rounds(hub, journal, observers=[record_observer(records.append)])
         cpu, wall = time.process_time() - marks["cpu"], time.perf_counter() - marks["wall"]
         await watcher
         unmask = registry.get_sample_value("fedfleet_secagg_stage_seconds_sum", {"stage": "unmask"})
         (record,) = records
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not coordinator.all_told_done():
+        while time.monotonic() < deadline and not hub.all_told_done():
             await asyncio.sleep(0.05)
         conn.send(
             {
@@ -127,7 +131,7 @@ async def _serve(
                 "unmask_finalize_seconds": unmask,
                 "participants": record.participants,
                 "succeeded": record.succeeded,
-                "weights": coordinator.server.weights,
+                "weights": hub.server.weights,
             }
         )
         await server.stop(1)

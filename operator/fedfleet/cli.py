@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fedfleet.api.federatedjob import FederatedJob
-    from fedfleet.runtime.progress import RoundProgress
-    from fedfleet.runtime.records import RoundRecord
+    from fedfleet.runtime.job_run import JobRun
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -167,53 +166,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _fail("--time-scale only applies to --transport grpc")
 
     # Heavy imports only after the manifest is known to be good, so bad input fails fast.
+    from fedfleet.engine.journal import RunExistsError
     from fedfleet.persist.checkpoint import CheckpointError
-    from fedfleet.runtime.local import RunExistsError
+    from fedfleet.runtime.local import UnsupportedOnEmbeddedRuntime
     from fedfleet.runtime.progress import RoundProgress
     from fedfleet.runtime.threads import configure_torch_threads
 
     configure_torch_threads()
-    if transport == "grpc":
-        from fedfleet.aggregator.loopback import check_run_dir
-
-        try:
-            check_run_dir(out, args.resume)
-        except (RunExistsError, CheckpointError) as exc:
-            return _fail(str(exc))
-        done = _done_rounds(out) if args.resume else 0
-        progress = RoundProgress(total=job.spec.rounds, done=done, enabled=not args.quiet)
-        try:
-            outcome = _run_grpc(job, out, args.time_scale, progress)
-        except (CheckpointError, ValueError, OSError) as exc:
-            progress.close()
-            return _fail(str(exc))
-        except KeyboardInterrupt:
-            progress.close()
-            return _fail(f"interrupted; continue with --resume --out {out}", 130)
-        progress.close()
-        if outcome is None:
-            return _fail(f"the fleet stopped before the job's end; continue with --resume --out {out}", EXIT_FAILED)
-        records, stop_reason = outcome
+    progress: RoundProgress | None = None
+    try:
+        run = _prepare_run(job, out, transport, args.resume)
         _save_manifest(args, out)
-        return _report(job, out, records, stop_reason=stop_reason)
-
-    from fedfleet.runtime.local import LocalRuntime, UnsupportedOnEmbeddedRuntime
-
-    try:
-        runtime = LocalRuntime(job, out)
-        runtime.prepare(resume=args.resume)
-    except (RunExistsError, CheckpointError, UnsupportedOnEmbeddedRuntime, ValueError) as exc:
+        progress = RoundProgress(total=job.spec.rounds, done=run.done_rounds(), enabled=not args.quiet)
+        completed = run.run(args.time_scale, progress.update)
+    except (RunExistsError, CheckpointError, UnsupportedOnEmbeddedRuntime, ValueError, OSError) as exc:
         return _fail(str(exc))
-    _save_manifest(args, out)
-    progress = RoundProgress(total=job.spec.rounds, done=runtime.server.round, enabled=not args.quiet)
-    try:
-        records = runtime.run(on_round=progress.update)
     except KeyboardInterrupt:
-        progress.close()
-        return _fail(f"interrupted after round {runtime.server.round}; continue with --resume --out {out}", 130)
-    progress.close()
-    runtime.save_model()
-    return _report(job, out, records, totals=runtime.server.totals.to_json(), stop_reason=runtime.stop_reason)
+        return _fail(f"interrupted; continue with --resume --out {out}", 130)
+    finally:
+        if progress is not None:
+            progress.close()
+    if not completed:
+        return _fail(f"the fleet stopped before the job's end; continue with --resume --out {out}", EXIT_FAILED)
+    return _report(job, out)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
@@ -238,50 +213,31 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _done_rounds(out: Path) -> int:
-    from fedfleet.persist.checkpoint import load_checkpoint
-    from fedfleet.runtime.records import RunPaths
+def _prepare_run(job: FederatedJob, out: Path, transport: str, resume: bool) -> JobRun:
+    """Check the run directory's rules before anything starts; the run itself starts with `run`."""
+    from fedfleet.runtime.job_run import JobRun
 
-    ckpt = load_checkpoint(RunPaths(out).checkpoint)
-    return ckpt.round if ckpt is not None else 0
-
-
-def _run_grpc(
-    job: FederatedJob, out: Path, time_scale: float | None, progress: RoundProgress
-) -> tuple[list[RoundRecord], str | None] | None:
-    """The records and the early-stop reason of a complete job; None when it stopped before its end."""
-    from fedfleet.aggregator.loopback import DEFAULT_TIME_SCALE, run_loopback
-
-    result = asyncio.run(run_loopback(job, out, time_scale or DEFAULT_TIME_SCALE, on_round=progress.update))
-    return (result.records, result.stop_reason) if result.completed else None
+    return JobRun.prepare(job, out, transport, resume)
 
 
 def _save_manifest(args: argparse.Namespace, out: Path) -> None:
-    from fedfleet.runtime.records import RunPaths
+    from fedfleet.persist.run_dir import RunPaths
 
     if not args.resume:
         # Keep the manifest beside its results: a run directory says what produced it.
         RunPaths(out).manifest.write_text(args.manifest.read_text(encoding="utf-8"), encoding="utf-8")
 
 
-def _report(
-    job: FederatedJob,
-    out: Path,
-    records: list[RoundRecord],
-    totals: dict[str, object] | None = None,
-    stop_reason: str | None = None,
-) -> int:
+def _report(job: FederatedJob, out: Path) -> int:
     import json
 
-    from fedfleet.runtime.records import RunPaths
-    from fedfleet.runtime.report import plot_rounds, render_summary, summarize, write_summary
+    from fedfleet.engine.records import read_records
+    from fedfleet.persist.run_dir import RunPaths
+    from fedfleet.runtime.report import plot_rounds, render_summary
 
     paths = RunPaths(out)
-    if totals is None:  # the aggregator wrote summary.json; its totals come from the checkpoint
-        totals = json.loads(paths.summary.read_text())["totals"]
-    summary = summarize(records, job.metadata.name, totals, stop_reason)
-    write_summary(paths.summary, summary)
-    plot_rounds(paths.plot, records, f"{job.metadata.name} ({job.spec.aggregation.strategy})")
+    summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+    plot_rounds(paths.plot, read_records(paths.metrics), f"{job.metadata.name} ({job.spec.aggregation.strategy})")
     print(render_summary(summary))
     print(f"report: {paths.plot}  metrics: {paths.metrics}  model: {paths.model}")
     return EXIT_OK

@@ -62,7 +62,7 @@ def test_run_writes_model_metrics_and_plot(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3, 4]
     for r in lines:
-        assert r["participants"] + r["dropped"] + r["late"] + r["rejected"] == r["invited"] == 13
+        assert r["participants"] + r["dropped"] + r["late"] + r["surplus"] + r["rejected"] == r["invited"] == 13
         assert 0.0 < r["accuracy"] <= 1.0 and r["bytes_received"] > 0 and r["bytes_sent"] > 0
     assert lines[3]["federated_accuracy"] is not None
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedfleet.aggregator.app import AggregatorApp, prepare_security
 from fedfleet.api.manifest import parse_job
 from fedfleet.runtime.local import LocalRuntime
-from fedfleet.runtime.task import build_task
 from fedfleet.sim.network_fleet import FleetReport, run_fleet
+from fedfleet.sim.task import build_task
 
 JOB = """\
 apiVersion: fedfleet.io/v1alpha1
@@ -72,7 +72,7 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     state = tmp_path / "grpc"
     config = loopback_aggregator_config("e2e-grpc", state)
     security = prepare_security(config, job)
-    app = AggregatorApp(job, config, security, task=task, registry=CollectorRegistry())
+    app = AggregatorApp(job, config, security, inputs=task.aggregator_inputs(), registry=CollectorRegistry())
     mid_run: dict[str, object] = {}
 
     async def scenario() -> FleetReport:
@@ -116,7 +116,7 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     assert 8 <= report.totals.evaluations <= 10
     for r in records:
         # 12 invitations, fewer only when stragglers of the last round were still busy when this one started.
-        assert r["participants"] + r["dropped"] + r["late"] + r["rejected"] == r["invited"]
+        assert r["participants"] + r["dropped"] + r["late"] + r["surplus"] + r["rejected"] == r["invited"]
         assert 10 <= r["invited"] <= 12
     assert (state / "model.pt").exists() and json.loads((state / "summary.json").read_text())["rounds"] == 12
 
@@ -132,11 +132,13 @@ def test_fifty_devices_over_grpc_match_the_inprocess_run_and_metrics_tell_the_tr
     assert value(m, "fedfleet_round_duration_seconds_count") == 12
     assert value(m, "fedfleet_aggregation_seconds_count") == 12
     assert value(m, "fedfleet_devices_checked_in") == 50
-    for outcome in ("completed", "dropped", "late", "rejected"):
+    for outcome in ("completed", "dropped", "late", "surplus", "rejected"):
         assert value(m, "fedfleet_participants_total", outcome=outcome) == sum(r[_field(outcome)] for r in records)
     assert value(m, "fedfleet_round_participants", outcome="completed") == records[-1]["participants"]
     lost = sum(r["dropped"] + r["late"] for r in records)
-    assert value(m, "fedfleet_churn_rate") == pytest.approx(lost / sum(r["invited"] for r in records))
+    # Churn counts the devices rounds waited for in vain; over-selection's surplus is not lost.
+    waited_for = sum(r["invited"] - r["surplus"] for r in records)
+    assert value(m, "fedfleet_churn_rate") == pytest.approx(lost / waited_for)
     dim = 199_210
     accepted = sum(r["participants"] for r in records)
     assert value(m, "fedfleet_received_bytes_total") >= accepted * dim * 4

@@ -18,8 +18,8 @@ from fedfleet.aggregator.app import AggregatorApp, final_outcome, prepare_securi
 from fedfleet.aggregator.config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.privacy.ledger import PrivacyLedger
-from fedfleet.runtime.task import build_task
 from fedfleet.sim.network_fleet import FleetReport, run_fleet
+from fedfleet.sim.task import build_task
 from fl_experiments import make_job
 
 TARGET = 2.5  # z = 1.5, q = 5/20: ε is 2.48 after 4 rounds and 2.69 after 5; a larger q stops it sooner
@@ -60,7 +60,7 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     state = tmp_path / "state"
     config = config_for(state)
     security = prepare_security(config, job)
-    app = AggregatorApp(job, config, security, task=task, registry=CollectorRegistry())
+    app = AggregatorApp(job, config, security, inputs=task.aggregator_inputs(), registry=CollectorRegistry())
     seen: dict[str, Any] = {}
 
     async def scenario() -> FleetReport:
@@ -81,7 +81,7 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     # The job ended cleanly: every device heard DONE and finished, as at a normal end.
     assert seen["completed"] is True
     assert report.errors == [] and report.completed == 20, report.errors[:3]
-    assert app.coordinator.all_told_done()
+    assert app.hub.all_told_done()
 
     records = [json.loads(line) for line in (state / "metrics.jsonl").read_text().splitlines()]
     assert 1 <= len(records) < ROUNDS
@@ -96,7 +96,7 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     assert outcome["reason"] == "PrivacyBudgetExhausted" and f"after round {len(records)}" in outcome["message"]
     # The accountant refused the next round because it would have gone over the target.
     assert f"round {len(records) + 1} would raise ε" in app.stop_reason and "above the budget of 2.5" in app.stop_reason
-    privacy = app.coordinator.server.privacy
+    privacy = app.server.privacy
     assert privacy is not None
 
     # The default ledger lives in the state dir; each participation is charged exactly once.
@@ -121,8 +121,8 @@ def test_restarted_aggregator_keeps_its_ledger_key_and_a_new_run_gets_a_new_one(
 
     def job_key(state: Path) -> str:
         config = config_for(state, ledger)
-        app = AggregatorApp(job, config, prepare_security(config, job), task=task, registry=CollectorRegistry())
-        privacy = app.coordinator.server.privacy
+        app = AggregatorApp(job, config, prepare_security(config, job), inputs=task.aggregator_inputs(), registry=CollectorRegistry())
+        privacy = app.server.privacy
         assert privacy is not None and privacy.ledger is not None
         assert privacy.q == pytest.approx(5 / 20), "q is planned on spec.simulation.devices"
         return privacy.job_key

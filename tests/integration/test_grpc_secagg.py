@@ -22,8 +22,8 @@ from fedfleet.aggregator.app import AggregatorApp, prepare_security
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.privacy.ledger import PrivacyLedger
 from fedfleet.runtime.local import LocalRuntime, UnsupportedOnEmbeddedRuntime
-from fedfleet.runtime.task import SimulatedTask, build_task
 from fedfleet.sim.network_fleet import FleetReport, run_fleet
+from fedfleet.sim.task import SimulatedTask, build_task
 from fl_experiments import make_job
 
 DEVICES = 30
@@ -46,7 +46,7 @@ def job_spec(name: str, rounds: int, **privacy: Any) -> FederatedJob:
 def run_over_grpc(job: FederatedJob, task: SimulatedTask, state: Path) -> tuple[AggregatorApp, FleetReport]:
     config = loopback_aggregator_config(job.metadata.name, state)
     security = prepare_security(config, job)
-    app = AggregatorApp(job, config, security, task=task, registry=CollectorRegistry())
+    app = AggregatorApp(job, config, security, inputs=task.aggregator_inputs(), registry=CollectorRegistry())
 
     async def scenario() -> FleetReport:
         await app.start()
@@ -121,7 +121,7 @@ def test_distributed_dp_job_over_grpc_stops_before_its_target_and_charges_the_le
     assert epsilons == sorted(epsilons) and epsilons[-1] <= TARGET
     assert app.stop_reason is not None and app.stop_reason.startswith("PrivacyBudgetExhausted")
 
-    privacy = app.coordinator.server.privacy
+    privacy = app.server.privacy
     assert privacy is not None and privacy.central is None, "the noise comes from the devices, not the server"
     ledger = PrivacyLedger(state / "privacy-ledger.db")
     participations = {f"dev-{i:05d}": ledger.participations(f"dev-{i:05d}") for i in range(DEVICES)}

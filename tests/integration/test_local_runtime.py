@@ -37,4 +37,4 @@ def test_diverging_updates_are_rejected_and_counted_not_fatal(tmp_path: Path) ->
     assert not records[-1].succeeded  # every update is NaN by then: the round fails ...
     assert np.isfinite(runtime.final_weights()).all()  # ... and leaves the model as it was
     for r in records:
-        assert r.participants + r.dropped + r.late + r.rejected == r.invited
+        assert r.participants + r.dropped + r.late + r.surplus + r.rejected == r.invited

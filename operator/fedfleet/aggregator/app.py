@@ -1,5 +1,6 @@
 """Wiring of one aggregator process: TLS and token key, the gRPC server (the Aggregator service, standard
-health checking and reflection), the HTTP endpoints, the round loop, signals and shutdown."""
+health checking and reflection), the HTTP endpoints, the round loop over the gRPC transport, the run
+journal in the state dir, signals and shutdown."""
 
 from __future__ import annotations
 
@@ -15,24 +16,28 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from fedfleet.api.federatedjob import FederatedJob
+from fedfleet.engine.journal import EndKind, RunEnd, RunJournal
+from fedfleet.engine.loop import RoundCallback, RoundObserver, record_observer
+from fedfleet.engine.records import RoundRecord
+from fedfleet.engine.server import FederatedServer
+from fedfleet.engine.types import RoundResult
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
-from fedfleet.runtime.records import RoundRecord, RunPaths
-from fedfleet.runtime.report import summarize, write_summary
-from fedfleet.runtime.task import SimulatedTask, build_task, save_model
 from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
 from .config import AggregatorConfig
-from .coordinator import Coordinator, CoordinatorSettings, RoundCallback
 from .endpoints import HttpEndpoints
-from .evaluation import ServerEvaluator, model_layout
+from .evaluation import ServerEvaluator
+from .hub import DeviceHub, HubSettings
+from .inputs import JobInputs, load_inputs
 from .k8s_status import JSON, StatusReporter, outcome_status
 from .metrics import AggregatorMetrics
 from .privacy import PrivacyExporter, build_job_privacy, ledger_path, uses_privacy
 from .service import AggregatorService
+from .transport import serve_rounds
 
 log = logging.getLogger("fedfleet.aggregator")
 
@@ -91,6 +96,17 @@ def create_grpc_server(
     return server, bound
 
 
+def job_inputs(config: AggregatorConfig, job: FederatedJob) -> JobInputs:
+    """The model, held-out data and fleet size the configuration tells; where it is silent, the job's own
+    simulated fleet (`spec.simulation`, what `fedfleet device-sim` runs) is the fleet."""
+    sim = job.spec.simulation
+    evaluation = config.evaluation
+    dataset, test_samples = (
+        (evaluation.dataset, evaluation.test_samples) if evaluation else (sim.dataset, sim.test_samples)
+    )
+    return load_inputs(job.spec, dataset, test_samples, config.fleet_size or sim.devices)
+
+
 class AggregatorApp:
     def __init__(
         self,
@@ -98,17 +114,18 @@ class AggregatorApp:
         config: AggregatorConfig,
         security: Security,
         *,
-        task: SimulatedTask | None = None,
+        inputs: JobInputs | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.job = job
         self.config = config
         self.security = security
-        self.task = task or build_task(job.spec)
+        self.inputs = inputs or job_inputs(config, job)
         self.registry = registry or CollectorRegistry()
         self.metrics = AggregatorMetrics(self.registry)
-        self.paths = RunPaths(config.state_dir)
-        settings = CoordinatorSettings(
+        self.journal = RunJournal(config.state_dir)
+        self.paths = self.journal.paths
+        settings = HubSettings(
             time_scale=config.time_scale,
             min_devices=config.min_devices,
             settle_seconds=config.settle_seconds,
@@ -116,44 +133,42 @@ class AggregatorApp:
             device_ttl_seconds=config.device_ttl_seconds,
             max_update_bytes=config.max_update_bytes,
         )
-        identity = job_identity(job)
-        privacy = (
-            build_job_privacy(job, identity, self.paths, ledger_path(config.ledger_path, config.state_dir))
-            if uses_privacy(job)
-            else None
-        )
-        self.coordinator = Coordinator(
-            identity,
-            job.spec,
-            self.task.initial_weights(),
-            model_layout(self.task),
-            self.paths,
-            self.metrics,
-            settings,
-            evaluator=ServerEvaluator(self.task),
-            privacy=privacy,
-        )
-        self.privacy_metrics = (
-            PrivacyExporter(self.registry, job, self.coordinator.server) if privacy is not None else None
-        )
+        self.identity = job_identity(job)
+        self.server = FederatedServer(job.spec, self.inputs.model.initial_weights())
+        self.hub = DeviceHub(self.identity, job.spec, self.server, self.inputs.model.layout(), self.metrics, settings)
+        self.privacy_metrics: PrivacyExporter | None = None
+        self.end: RunEnd | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http = HttpEndpoints(self.registry, ready=self._ready)
         self.grpc_port = 0
         self.http_port: int | None = None
 
+    @property
+    def records(self) -> list[RoundRecord]:
+        return self.journal.records
+
     def _ready(self) -> bool:
-        return self.coordinator.serving and not self.coordinator.stopping and not self.coordinator.done
+        return self.hub.serving and not self.hub.stopping and not self.hub.done
 
     async def start(self) -> None:
         """Restore state, then listen. Raises CheckpointError for a state dir of another job."""
-        resumed = self.coordinator.restore()
-        if resumed:
-            log.info("resuming %s after round %d", self.coordinator.job_name, resumed)
+        ckpt = self.journal.prepare(resume=True)  # a pod (re)started on its volume always continues
+        if uses_privacy(self.job):
+            ledger = ledger_path(self.config.ledger_path, self.config.state_dir)
+            self.server.privacy = build_job_privacy(
+                self.job, self.inputs.fleet_size, ledger, f"{self.identity}/{self.journal.run_id()}"
+            )
+            self.privacy_metrics = PrivacyExporter(self.registry, self.job, self.server)
+        if ckpt is not None:
+            self.server.restore(ckpt)
+            log.info("resuming %s after round %d", self.identity, ckpt.round)
+        self.hub.restored()
+        self.metrics.seed(self.job.spec.rounds, self.server.round, self.server.totals.to_json())
         if self.privacy_metrics is not None:
             self.privacy_metrics.update()  # a resumed job shows the ε it already spent
         service = AggregatorService(
-            self.coordinator, TokenVerifier(self.security.token_key, self.coordinator.job_name), self.config.chunk_bytes
+            self.hub, TokenVerifier(self.security.token_key, self.identity), self.config.chunk_bytes
         )
         server, self.grpc_port = create_grpc_server(
             service, self._health, self.security, self.config.listen.host, self.config.listen.port
@@ -168,50 +183,52 @@ class AggregatorApp:
     @property
     def stop_reason(self) -> str | None:
         """Why a complete job ended before its last round (e.g. its privacy budget), or None."""
-        return self.coordinator.stop_reason
+        return self.end.early_stop if self.end is not None else None
 
     async def run(self, on_round: RoundCallback | None = None) -> bool:
         """Run the job's rounds; True when the job is complete, which includes ending early on its privacy
         budget (see `stop_reason`); False when stopped before the end."""
-        await self.coordinator.run(self._with_privacy_metrics(on_round))
-        if not self.coordinator.done:
+        if self.server.done:
+            self.end = RunEnd(EndKind.ROUNDS_COMPLETED, f"{self.job.spec.rounds} rounds finished", self.server.round)
+        else:
+            observers: list[RoundObserver] = [self._observe]
+            if on_round is not None:
+                observers.append(record_observer(on_round))
+            evaluator = ServerEvaluator(self.inputs.model, self.inputs.test) if self.inputs.test is not None else None
+            self.end = await serve_rounds(self.hub, self.journal, evaluator, observers)
+        if not self.end.complete:
             return False
+        self.hub.finish()  # a job already complete at start is told DONE too
         self.finish_outputs()
         return True
 
-    def _with_privacy_metrics(self, on_round: RoundCallback | None) -> RoundCallback | None:
-        exporter = self.privacy_metrics
-        if exporter is None:
-            return on_round
-
-        def callback(record: RoundRecord) -> None:
-            exporter.update()
-            if on_round is not None:
-                on_round(record)
-
-        return callback
+    def _observe(self, record: RoundRecord, result: RoundResult) -> None:
+        self.metrics.round_finished(result, record.wall_seconds, self.server.totals.churn_rate)
+        if record.accuracy is not None and record.loss is not None:
+            self.metrics.model_accuracy.set(record.accuracy)
+            self.metrics.model_loss.set(record.loss)
+        if self.privacy_metrics is not None:
+            self.privacy_metrics.update()
 
     def finish_outputs(self) -> None:
-        coordinator = self.coordinator
-        save_model(self.paths.model, self.task, coordinator.server.weights, coordinator.server.round)
-        totals = coordinator.server.totals.to_json()
-        summary = summarize(coordinator.records, self.job.metadata.name, totals, coordinator.stop_reason)
-        write_summary(self.paths.summary, summary)
+        assert self.end is not None
+        self.inputs.model.save(self.paths.model, self.server.weights, self.server.round)
+        self.journal.write_summary(self.job.metadata.name, self.server.totals.to_json(), self.end)
 
     async def linger(self) -> None:
         """After the end, keep answering DONE until every connected device heard it (or the time is up)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.config.linger_seconds
-        while loop.time() < end and not self.coordinator.stopping and not self.coordinator.all_told_done():
+        while loop.time() < end and not self.hub.stopping and not self.hub.all_told_done():
             await asyncio.sleep(0.05)
 
     def request_stop(self) -> None:
         log.info("shutting down")
-        self.coordinator.request_stop()
+        self.hub.request_stop()
 
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.coordinator.request_stop()
+        self.hub.request_stop()
         await self._http.stop()
         if self._server is not None:
             await self._server.stop(SHUTDOWN_GRACE_SECONDS)
@@ -224,11 +241,11 @@ class AggregatorApp:
 
 def final_outcome(app: AggregatorApp) -> JSON:
     """The status outcome of a complete job: all its rounds, or an early end on its privacy budget."""
-    reason = app.stop_reason
-    if reason is not None:
-        message = reason.removeprefix("PrivacyBudgetExhausted: ")
-        return outcome_status("PrivacyBudgetExhausted", f"after round {app.coordinator.server.round}: {message}")
-    return outcome_status("RoundsCompleted", f"{app.job.spec.rounds} rounds finished")
+    end = app.end
+    assert end is not None and end.complete
+    if end.kind == EndKind.PRIVACY_BUDGET_EXHAUSTED:
+        return outcome_status(end.kind.value, f"after round {end.after_round}: {end.message}")
+    return outcome_status(end.kind.value, end.message)
 
 
 async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
@@ -241,7 +258,7 @@ async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
             loop.add_signal_handler(sig, app.request_stop)
     # In a cluster, progress also goes to the FederatedJob's status (see k8s_status); locally there is none.
     reporter = StatusReporter.from_environment()
-    server = app.coordinator.server
+    server = app.server
     on_round = (
         reporter.on_round(lambda: server.totals.churn_rate, lambda: server.epsilon) if reporter is not None else None
     )

@@ -16,7 +16,7 @@ rule in one line, as for job manifests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,6 +52,11 @@ class AuthSection(_Section):
     generate: bool = Field(False, description="create the key when the file is missing")
 
 
+class EvaluationSection(_Section):
+    dataset: Literal["mnist5k", "digits"] = Field(..., description="the data the model takes; held-out split")
+    test_samples: int = Field(..., ge=0, le=100000, description="examples held out for server-side evaluation")
+
+
 class AggregatorConfig(_Section):
     job: str | dict[str, Any] = Field(..., description="path of a FederatedJob manifest, or the manifest inline")
     listen: Endpoint = Field(default_factory=lambda: Endpoint(port=50051))
@@ -74,6 +79,8 @@ class AggregatorConfig(_Section):
     poll_seconds: float = Field(10.0, gt=0, le=300, description="longest GetTask long-poll")
     device_ttl_seconds: float = Field(60.0, gt=0, le=86400, description="a silent device counts as gone after this")
     linger_seconds: float = Field(5.0, ge=0, le=3600, description="keep telling devices DONE after the job ends")
+    fleet_size: int | None = Field(None, ge=1, le=100_000_000, description="devices the job's fleet is planned to have")
+    evaluation: EvaluationSection | None = Field(None, description="the model's data and the server's held-out split")
 
 
 def load_config(path: Path) -> tuple[AggregatorConfig, FederatedJob]:

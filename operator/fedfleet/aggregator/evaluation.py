@@ -1,30 +1,23 @@
-"""The torch side of the aggregator: the model's tensor layout, server-side evaluation, the saved model."""
+"""Server-side evaluation: the global weights scored on the job's held-out test split."""
 
 from __future__ import annotations
 
-from fedfleet.device.training import evaluate
+from fedfleet.data.datasets import Dataset
+from fedfleet.engine.records import Evaluation
+from fedfleet.models.evaluation import evaluate
+from fedfleet.models.job_model import JobModel
+from fedfleet.models.params import load_flat_parameters
 from fedfleet.models.vector import Vector
-from fedfleet.models.params import load_flat_parameters, parameter_layout
-from fedfleet.proto.codec import Layout
-from fedfleet.runtime.records import Evaluation
-from fedfleet.runtime.task import SimulatedTask
-
-
-def model_layout(task: SimulatedTask) -> Layout:
-    return tuple(parameter_layout(task.new_model()))
 
 
 class ServerEvaluator:
-    """Evaluates global weights on the job's held-out test split (called from a worker thread)."""
+    """Evaluates global weights on the held-out split (called from a worker thread, one call at a time)."""
 
-    def __init__(self, task: SimulatedTask) -> None:
-        self._task = task
-        self._model = task.new_model()
+    def __init__(self, model: JobModel, test: Dataset) -> None:
+        self._test = test
+        self._model = model.new_model()
 
-    def __call__(self, weights: Vector) -> Evaluation | None:
-        test = self._task.test
-        if test is None:
-            return None
+    def __call__(self, weights: Vector) -> Evaluation:
         load_flat_parameters(self._model, weights)
-        result = evaluate(self._model, test.x, test.y)
+        result = evaluate(self._model, self._test.x, self._test.y)
         return Evaluation(result.loss, result.accuracy, result.num_examples)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
-from fedfleet.runtime.records import RoundRecord
+from fedfleet.engine.records import RoundRecord
 
 log = logging.getLogger("fedfleet.aggregator.status")
 

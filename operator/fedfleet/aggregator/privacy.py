@@ -4,27 +4,24 @@ The engine does the DP work (central: clipping plus noise in the round's rule; b
 the ledger charges); with distributed DP the devices add the noise under secure aggregation (secure_round).
 This module only builds the inputs for a long-running aggregator and exports ε on /metrics.
 
-Fleet size: q, the sampling rate the noise multiplier is planned with, is the job's *planned* fleet
-(`spec.simulation.devices`), not the devices that happened to have checked in when the first round started —
+Fleet size: q, the sampling rate the noise multiplier is planned with, is the job's *planned* fleet (the
+aggregator configuration's `fleetSize`), not the devices that happened to have checked in when the first round started —
 that number depends on who was online at that moment and would change the planned noise from run to run.
 Each round's accountant charge still uses the q of the devices actually eligible then (`before_round`).
 
-Ledger key: the job identity plus a run id kept in the state dir. A restarted aggregator reads the same id,
+Ledger key: the job identity plus the run id of the state dir's journal. A restarted aggregator reads the same id,
 so replaying a round whose charge was written before a crash charges nobody twice (the ledger is idempotent
 per job key, round and device); a new state dir gets a new id, so a new run of the same job is charged.
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from fedfleet.api.federatedjob import FederatedJob
-from fedfleet.persist.atomic import atomic_write_text
-from fedfleet.runtime.records import RunPaths
 
 if TYPE_CHECKING:  # the DP libraries load only for jobs that use them
     from fedfleet.engine.server import FederatedServer
@@ -43,30 +40,15 @@ def ledger_path(ledger: Path | None, state_dir: Path) -> Path:
     return ledger if ledger is not None else state_dir / LEDGER_FILE
 
 
-def run_id(paths: RunPaths) -> str:
-    """This state dir's run id, created on first use; it never changes while the state dir lives."""
-    if paths.run_id.exists():
-        existing = paths.run_id.read_text(encoding="utf-8").strip()
-        if existing:
-            return existing
-    paths.root.mkdir(parents=True, exist_ok=True)
-    new = uuid.uuid4().hex
-    atomic_write_text(paths.run_id, new)
-    return new
-
-
-def ledger_key(identity: str, paths: RunPaths) -> str:
-    return f"{identity}/{run_id(paths)}"
-
-
-def build_job_privacy(job: FederatedJob, identity: str, paths: RunPaths, ledger_file: Path) -> JobPrivacy:
-    """The job's privacy state, with the ledger opened (created) at `ledger_file`."""
+def build_job_privacy(job: FederatedJob, fleet_size: int, ledger_file: Path, ledger_key: str) -> JobPrivacy:
+    """The job's privacy state, planned for a fleet of `fleet_size` devices, with the ledger opened (created)
+    at `ledger_file` and charges kept under `ledger_key` (the job identity and the run id)."""
     from fedfleet.privacy.job import JobPrivacy
     from fedfleet.privacy.ledger import PrivacyLedger
 
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(ledger_file)
-    return JobPrivacy(job.spec, job.spec.simulation.devices, ledger, ledger_key(identity, paths))
+    return JobPrivacy(job.spec, fleet_size, ledger, ledger_key)
 
 
 class PrivacyExporter:

@@ -9,9 +9,8 @@ early once the round has its target number of masked inputs (the others become d
 aggregation is built to survive).
 
 What the round engine learns: the aggregate of the included devices' updates — never one update — which
-`close_training_round` hands to `TrainingRound.close_secure`. The unmasked sum is decoded with the round's
-`UpdateEncoding`: divided by the summed weights (weighted FedAvg), or, with distributed DP, by the expected
-number of reports, as central DP-FedAvg does.
+`close_training_round` hands to `TrainingRound.close_secure`. How the unmasked sum becomes the aggregate,
+and the round's SecAgg+ parameters, are privacy policy: `privacy.secure_policy`.
 
 All stage bookkeeping runs on the event loop; only `finalize` (regenerating every mask, the one heavy step)
 runs in a worker thread, after the last stage stopped accepting messages.
@@ -22,15 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from fedfleet.engine.round import TrainingRound, UpdateRejected
 from fedfleet.engine.types import RejectReason, RoundResult
@@ -39,17 +34,14 @@ from fedfleet.privacy.secagg import (
     KeyBroadcast,
     MaskedInput,
     SecAggAborted,
-    SecAggConfig,
     SecAggResult,
     SecAggServer,
     ShareBundle,
     Stage,
     UnmaskRequest,
 )
-from fedfleet.privacy.secagg.config import SESSION_BYTES
-from fedfleet.privacy.secagg.graph import choose_parameters, default_threshold
 from fedfleet.privacy.secagg.ring import word_bytes
-from fedfleet.privacy.secure_update import UpdateEncoding, plan_encoding
+from fedfleet.privacy.secure_policy import SecureRoundPlan, plan_secure_round
 from fedfleet.proto import secagg_wire as wire
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 
@@ -58,7 +50,6 @@ from .upload import PayloadAssembler
 
 if TYPE_CHECKING:
     from fedfleet.api.federatedjob import FederatedJobSpec
-    from fedfleet.privacy.dp.distributed import SkellamPlan
 
 log = logging.getLogger("fedfleet.aggregator")
 
@@ -66,8 +57,6 @@ log = logging.getLogger("fedfleet.aggregator")
 #: least wall time they get whatever the time scale (a network round trip is not simulated time).
 STAGE_SHARE = 0.15
 MIN_STAGE_WALL_SECONDS = 0.5
-#: Dropout rate the neighbour graph is sized for (SecAgg+: the graph stays connected enough w.p. 1 − 2^−40).
-PLANNED_DROPOUT = 0.3
 
 
 class SecureRoundRefused(Exception):
@@ -77,30 +66,6 @@ class SecureRoundRefused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def round_config(spec: FederatedJobSpec, number: int, num_clients: int, vector_length: int, bits: int) -> SecAggConfig:
-    """The SecAggConfig of a round: the spec's neighbourhood size, else SecAgg+'s O(log n) choice; a threshold
-    of at least `thresholdFraction` of the neighbourhood and always a strict majority of it (with fewer, a
-    server lying about who dropped could collect both secrets of one device)."""
-    secagg = spec.privacy.secure_aggregation
-    full = num_clients - 1
-    if secagg.neighbours is None:
-        degree, threshold = choose_parameters(num_clients, PLANNED_DROPOUT)
-    else:
-        degree = full if secagg.neighbours >= full else secagg.neighbours - secagg.neighbours % 2
-        threshold = default_threshold(degree)
-    threshold = min(degree, max(threshold, math.ceil(secagg.threshold_fraction * degree), degree // 2 + 1))
-    return SecAggConfig(
-        round_id=number,
-        session=os.urandom(SESSION_BYTES),
-        num_clients=num_clients,
-        vector_length=vector_length,
-        degree=degree,
-        threshold=threshold,
-        min_survivors=min(num_clients, max(threshold, spec.cohort.effective_min_reports)),
-        modulus_bits=bits,
-    )
 
 
 @dataclass(frozen=True)
@@ -118,23 +83,19 @@ class SecureRound:
     def __init__(
         self,
         training_round: TrainingRound,
-        config: SecAggConfig,
-        encoding: UpdateEncoding,
-        plan: SkellamPlan | None,
+        plan: SecureRoundPlan,
         examples: Mapping[str, int],
         *,
-        divisor: float | None,
         times: StageTimes,
         wall_left: Callable[[], float],
         metrics: AggregatorMetrics,
         hasher: Executor,
     ) -> None:
         self.training_round = training_round
-        self.config = config
-        self.encoding = encoding
         self.plan = plan
+        self.config = config = plan.config
+        self.encoding = plan.encoding
         self.examples = examples
-        self.divisor = divisor  # None: divide by the summed weights
         self.times = times
         self.wall_left = wall_left  # wall seconds until the round's deadline
         self.metrics = metrics
@@ -297,29 +258,13 @@ class SecureRound:
         if self.result is not None:
             included = [self.devices[slot] for slot in sorted(self.result.included)]
             try:
-                aggregate = self._aggregate(self.result)
+                aggregate = self.plan.aggregate(self.result.total, len(self.result.included))
             except ValueError as exc:
                 failure = f"secure aggregation result unusable: {exc}"
             else:
                 examples = sum(self.examples.get(d, 0) for d in included)
                 return self.training_round.close_secure(aggregate, included, examples, None, self._masked_bytes)
         return self.training_round.close_secure(None, [], 0, failure, self._masked_bytes)
-
-    def _aggregate(self, result: SecAggResult) -> np.ndarray[Any, np.dtype[np.float32]]:
-        count = len(result.included)
-        if count < self.training_round.config.min_reports:
-            raise ValueError(f"{count} devices in the sum, the round needs {self.training_round.config.min_reports}")
-        if self.plan is not None:
-            self.plan.accounted_noise_multiplier(count)  # refuses a sum whose noise fell short
-        decoded = self.encoding.decode_sum(result.total, count)
-        divisor = self.divisor if self.divisor is not None else decoded.weight
-        if not divisor > 0:
-            raise ValueError(f"the summed weight is {divisor}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            aggregate = (decoded.total / divisor).astype(np.float32)
-        if not np.isfinite(aggregate).all():
-            raise ValueError("the aggregate is not finite")
-        return aggregate
 
     # ---- helpers ---------------------------------------------------------------------------------------
 
@@ -405,19 +350,21 @@ def build_secure_round(
     hasher: Executor,
 ) -> SecureRound:
     """A SecureRound for a freshly started training round. Raises ValueError when the spec cannot run it."""
-    cohort = training_round.config.cohort
-    dim = training_round.config.dim
-    declared = max((examples.get(d, 0) for d in cohort), default=0)
-    encoding, plan = plan_encoding(spec, dim, len(cohort), declared, noise_multiplier)
-    config = round_config(spec, training_round.number, len(cohort), encoding.vector_length(dim), encoding.modulus_bits)
-    divisor = float(spec.cohort.clients_per_round) if plan is not None else None
+    round_config = training_round.config
+    declared = max((examples.get(d, 0) for d in round_config.cohort), default=0)
+    plan = plan_secure_round(
+        spec,
+        training_round.number,
+        len(round_config.cohort),
+        round_config.dim,
+        declared,
+        round_config.min_reports,
+        noise_multiplier,
+    )
     return SecureRound(
         training_round,
-        config,
-        encoding,
         plan,
         examples,
-        divisor=divisor,
         times=StageTimes.for_deadline(deadline_wall_seconds),
         wall_left=wall_left,
         metrics=metrics,

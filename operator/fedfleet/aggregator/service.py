@@ -1,6 +1,6 @@
-"""The gRPC servicer of fedfleet.v1.Aggregator: authentication, then one call into the Coordinator.
+"""The gRPC servicer of fedfleet.v1.Aggregator: authentication, then one call into the device hub.
 
-Thin on purpose: domain errors become status codes here and nowhere else, so the coordinator and the
+Thin on purpose: domain errors become status codes here and nowhere else, so the hub and the
 engine stay free of gRPC. Every refusal carries a one-line message and, in the trailing metadata
 `fedfleet-error`, a stable machine-readable reason the device SDK branches on.
 """
@@ -16,10 +16,11 @@ import grpc
 from fedfleet.engine.round import UpdateRejected
 from fedfleet.engine.types import Outcome, RejectReason
 from fedfleet.proto import codec
+from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier
 
-from .coordinator import BadReport, Coordinator, DeviceUnknown, ModelVersionGone, TaskKind, TaskView
+from .hub import BadReport, DeviceHub, DeviceUnknown, ModelVersionGone, TaskView
 from .secure_round import SecureRound, SecureRoundRefused
 
 R = TypeVar("R")
@@ -64,13 +65,6 @@ TOKEN_CODES: dict[TokenProblem, grpc.StatusCode] = {
     TokenProblem.EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
-_TASK_KINDS = {
-    TaskKind.WAIT: pb.Task.WAIT,
-    TaskKind.TRAIN: pb.Task.TRAIN,
-    TaskKind.EVALUATE: pb.Task.EVALUATE,
-    TaskKind.DONE: pb.Task.DONE,
-}
-
 
 async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
     await context.abort(code, message, trailing_metadata=((ERROR_KEY, reason),))
@@ -80,7 +74,7 @@ async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: str)
 class AggregatorService:
     """Implements fedfleet.v1.Aggregator (registered with `add_AggregatorServicer_to_server`)."""
 
-    def __init__(self, coordinator: Coordinator, verifier: TokenVerifier, chunk_bytes: int) -> None:
+    def __init__(self, coordinator: DeviceHub, verifier: TokenVerifier, chunk_bytes: int) -> None:
         self._coordinator = coordinator
         self._verifier = verifier
         self._chunk_bytes = chunk_bytes
@@ -130,7 +124,7 @@ class AggregatorService:
 
     def _task_message(self, task: TaskView) -> pb.Task:
         message = pb.Task(
-            kind=_TASK_KINDS[task.kind],
+            kind=task.kind.to_proto(),
             round=task.round,
             model_version=task.model_version,
             deadline_seconds=task.deadline_seconds,

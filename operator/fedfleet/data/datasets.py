@@ -132,3 +132,17 @@ _SPLIT_TAG = 0x5E11  # purpose tag: the train/test split draws from its own rand
 def _readonly(a: NDArray[_T]) -> NDArray[_T]:
     a.flags.writeable = False
     return a
+
+
+def job_split(name: DatasetName, test_samples: int, seed: int) -> tuple[Dataset, Dataset | None]:
+    """The job's data: the examples devices hold, and the server's held-out test split (None when
+    `test_samples` is 0). The aggregator and the simulated fleet both derive it from the same values, so the
+    server never evaluates on an example a simulated device trains on."""
+    data = load_dataset(name)
+    if test_samples >= len(data.y):
+        raise ValueError(
+            f"simulation.testSamples ({test_samples}) must be smaller than the {len(data.y)} samples of {name}"
+        )
+    if test_samples == 0:
+        return data, None
+    return train_test_split(data, test_samples, seed)

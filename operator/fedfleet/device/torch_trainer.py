@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
-from fedfleet.models.vector import Vector
 from fedfleet.models.params import load_flat_parameters, parameter_layout
+from fedfleet.models.vector import Vector
 from fedfleet.proto.codec import Layout
 
 from .client import Task

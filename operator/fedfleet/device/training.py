@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from fedfleet.models.evaluation import EvalResult, evaluate
 from fedfleet.models.params import as_tensor, flat_parameters, load_flat_parameters
 
 
@@ -25,13 +26,6 @@ class LocalResult:
     delta: NDArray[np.float32]
     num_examples: int
     train_loss: float  # mean cross-entropy over the last local epoch (without the proximal term)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float  # mean cross-entropy
-    accuracy: float
-    num_examples: int
 
 
 def train_local(
@@ -101,24 +95,4 @@ def train_local(
     return LocalResult(delta=delta, num_examples=n, train_loss=float(loss_sum) / n)
 
 
-def evaluate(model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer], batch_size: int = 1000) -> EvalResult:
-    """Mean cross-entropy and accuracy of the model on (x, y)."""
-    n = int(np.shape(x)[0])
-    if n == 0:
-        raise ValueError("evaluate needs at least one example")
-    if np.shape(y) != (n,):
-        raise ValueError(f"y has shape {np.shape(y)}, expected ({n},) to match x")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    xt = as_tensor(np.ascontiguousarray(x, dtype=np.float32))
-    yt = as_tensor(np.ascontiguousarray(y, dtype=np.int64))
-    model.eval()
-    loss_sum = 0.0
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            xb, yb = xt[start : start + batch_size], yt[start : start + batch_size]
-            logits = model(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
-    return EvalResult(loss=loss_sum / n, accuracy=correct / n, num_examples=n)
+__all__ = ["EvalResult", "LocalResult", "evaluate", "train_local"]

@@ -5,6 +5,10 @@ the same rules: only the invited cohort may report, once each, for this round, w
 update of the model's size; reports after the round closed or after its deadline are late and discarded;
 the round succeeds when at least `min_reports` updates were accepted. A rejected update is counted by reason
 and otherwise leaves the round exactly as if it had never arrived.
+
+What happens to an invitee that has not reported when the round closes is decided only from what a server
+can see: if the round filled, it is surplus (over-selection invited it as a spare); otherwise it is dropped
+— a device that left and one still training past the deadline look the same to the server.
 """
 
 from __future__ import annotations
@@ -78,12 +82,16 @@ class TrainingRound:
         return [d for d in self.config.cohort if d not in self._outcomes]
 
     def submit(self, update: ModelUpdate, now: float) -> Outcome:
-        """Fold in one device's update. Returns COMPLETED or LATE; raises UpdateRejected for a bad one."""
+        """Fold in one device's update. Returns COMPLETED, SURPLUS (the round was already full) or LATE (after
+        its deadline or close); raises UpdateRejected for a bad one."""
         self._check(update)
         self._bytes += update.nbytes
-        if self._closed is not None or now > self.config.deadline or self.is_full:
+        if self._closed is not None or now > self.config.deadline:
             self._outcomes[update.device_id] = Outcome.LATE
             return Outcome.LATE
+        if self.is_full:
+            self._outcomes[update.device_id] = Outcome.SURPLUS
+            return Outcome.SURPLUS
         self._accumulator.add(update.delta, update.num_examples)
         self._outcomes[update.device_id] = Outcome.COMPLETED
         self._examples += update.num_examples
@@ -111,14 +119,10 @@ class TrainingRound:
         self._count_rejection(device_id, rejection)
 
     def report_late(self, device_id: str, nbytes: int) -> None:
-        """Record a report known to arrive too late without materialising it (used by the simulator)."""
+        """Record a report that arrived after its stage closed without materialising it (secure rounds)."""
         if device_id in self._cohort and device_id not in self._outcomes:
             self._outcomes[device_id] = Outcome.LATE
             self._bytes += nbytes
-
-    def report_dropped(self, device_id: str) -> None:
-        if device_id in self._cohort and device_id not in self._outcomes:
-            self._outcomes[device_id] = Outcome.DROPPED
 
     def close(self) -> RoundResult:
         """Close the round (idempotent): aggregate if enough updates were accepted, else fail it."""
@@ -156,9 +160,11 @@ class TrainingRound:
 
     def _finish(self, aggregate: Vector | None, failure: str | None) -> RoundResult:
         outcomes = dict(self._outcomes)
+        completed = sum(1 for o in outcomes.values() if o == Outcome.COMPLETED)
+        unreported = Outcome.SURPLUS if completed >= self.config.target_reports else Outcome.DROPPED
         for device in self.config.cohort:
             if device not in outcomes:
-                outcomes[device] = Outcome.REJECTED if device in self._rejected_devices else Outcome.DROPPED
+                outcomes[device] = Outcome.REJECTED if device in self._rejected_devices else unreported
         self._closed = RoundResult(
             round=self.number,
             aggregate=aggregate,

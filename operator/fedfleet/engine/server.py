@@ -38,6 +38,13 @@ def spec_digest(spec: FederatedJobSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def churn(outcomes: dict[str, int]) -> float:
+    """Devices lost during rounds, over the devices those rounds waited for (every invitee but the surplus)."""
+    waited_for = sum(outcomes.values()) - outcomes.get(Outcome.SURPLUS.value, 0)
+    lost = outcomes.get(Outcome.DROPPED.value, 0) + outcomes.get(Outcome.LATE.value, 0)
+    return lost / waited_for if waited_for else 0.0
+
+
 @dataclass
 class Totals:
     """Counters over the whole job, kept in the checkpoint so a resumed job reports the same figures."""
@@ -63,10 +70,8 @@ class Totals:
 
     @property
     def churn_rate(self) -> float:
-        """Share of invitations that ended without a usable report (dropped or late)."""
-        invited = sum(self.outcomes.values())
-        lost = self.outcomes.get(Outcome.DROPPED.value, 0) + self.outcomes.get(Outcome.LATE.value, 0)
-        return lost / invited if invited else 0.0
+        """Share of the invitees a round waited for that it lost (dropped or late); surplus is not a loss."""
+        return churn(self.outcomes)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -40,6 +40,7 @@ class Outcome(StrEnum):
     COMPLETED = "completed"  # its update was aggregated
     DROPPED = "dropped"  # it never reported (left, crashed, lost connectivity)
     LATE = "late"  # it reported after the round closed; the update was discarded
+    SURPLUS = "surplus"  # still working when the round filled: over-selection, not a loss
     REJECTED = "rejected"  # its update failed validation and was discarded
 
 

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from fedfleet.runtime.records import RoundRecord
+from fedfleet.engine.records import RoundRecord
 
 
 class RoundProgress:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedfleet.engine.records import RoundRecord
 from fedfleet.persist.atomic import atomic_write_text, atomic_writer
-from fedfleet.runtime.records import RoundRecord
 
 
 def summarize(

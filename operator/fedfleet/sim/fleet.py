@@ -15,6 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedfleet.api.federatedjob import FederatedJobSpec, SimulationSpec, SpecError
+from fedfleet.engine.seeding import Purpose
+from fedfleet.engine.seeding import stream as keyed_stream
 from fedfleet.sim.partition import (
     IndexArray,
     device_sizes,
@@ -188,3 +190,15 @@ def _attackers(sim: SimulationSpec, rng: np.random.Generator) -> NDArray[np.bool
     flags = np.zeros(sim.devices, dtype=bool)
     flags[rng.choice(sim.devices, size=count, replace=False)] = True
     return flags
+
+
+def device_round_plan(
+    spec: FederatedJobSpec, profile: DeviceProfile, round_number: int, ordinal: int, epochs: int | None = None
+) -> float | None:
+    """What this device does in one round it is invited to: None when it drops out, else the simulated
+    seconds until its report arrives. Drawn from the device's own keyed stream, so the in-process transport
+    and the device over gRPC make the same choice."""
+    rng = keyed_stream(spec.seed, Purpose.SIMULATION, round_number, ordinal)
+    if rng.random() < profile.dropout_probability:
+        return None
+    return training_seconds(profile, profile.num_examples, epochs or spec.training.local_epochs, rng)

@@ -1,7 +1,7 @@
 """The simulated fleet over real gRPC: `fedfleet device-sim`, and the fleet half of `fedfleet run --transport grpc`.
 
 Each simulated device of the job (its data partition, speed, availability, dropouts and attacks, all from
-`build_task`) runs the real device SDK as one asyncio task with its own TLS connection and token. Simulated
+`sim.task.build_task`) runs the real device SDK as one asyncio task with its own TLS connection and token. Simulated
 compute and network time become real sleeps scaled by `time_scale`; the torch training itself runs in a small
 thread pool (one model per thread). Random draws use the same keyed streams as the in-process runtime, so a
 device makes the same choices (dropout, duration, training shuffle, attack) in both.
@@ -24,10 +24,10 @@ from fedfleet.device.torch_trainer import ModelPool, TorchTrainer
 from fedfleet.device.training import EvalResult, LocalResult
 from fedfleet.engine.seeding import Purpose, derive_seed, stream
 from fedfleet.models.vector import Vector
-from fedfleet.runtime.task import SimulatedTask, build_task
 from fedfleet.security.tokens import issue_token, job_identity
 from fedfleet.sim.attacks import attack_update
-from fedfleet.sim.fleet import DeviceProfile, is_available, training_seconds
+from fedfleet.sim.fleet import DeviceProfile, device_round_plan, is_available
+from fedfleet.sim.task import SimulatedTask, build_task
 
 log = logging.getLogger("fedfleet.sim")
 
@@ -69,11 +69,11 @@ class SimulatedTrainer:
         self.inner = inner
 
     async def train(self, task: Task, weights: Vector) -> LocalResult | None:
-        rng = stream(self.spec.seed, Purpose.SIMULATION, task.round, self.ordinal)
-        if rng.random() < self.profile.dropout_probability:
-            return None
-        epochs = task.training.local_epochs if task.training else self.spec.training.local_epochs
-        seconds = training_seconds(self.profile, self.profile.num_examples, epochs, rng) * self.time_scale
+        epochs = task.training.local_epochs if task.training else None
+        planned = device_round_plan(self.spec, self.profile, task.round, self.ordinal, epochs)
+        if planned is None:
+            return None  # it drops out, silently
+        seconds = planned * self.time_scale
         started = time.monotonic()
         result = await self.inner.train(task, weights)
         if result is not None and self.profile.byzantine:
@@ -113,7 +113,7 @@ async def run_fleet(
     spec = job.spec
     identity = job_identity(job.metadata.name, job.metadata.namespace)
     interval_hours = spec.simulation.availability.round_interval_minutes / 60.0
-    models = ModelPool(task.new_model)
+    models = ModelPool(task.model.new_model)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="fleet-train")
     report = FleetReport(devices=count)
     started = time.monotonic()

@@ -105,7 +105,7 @@ def test_devices_without_consent_are_never_selected(tmp_path: Path, pki: Pki) ->
                 for c, t in zip(willing, tasks, strict=True):
                     await c.upload_update(t, model.weights * 0, 20, 0.5, model.layout)
             assert await h.finished()
-            assert [r.invited for r in h.app.coordinator.records] == [3, 3]
+            assert [r.invited for r in h.app.records] == [3, 3]
             assert (await unwilling[0].next_task(wait_seconds=0.1)).kind == "done"
 
     asyncio.run(scenario())

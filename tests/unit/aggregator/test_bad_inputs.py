@@ -14,13 +14,13 @@ import pytest
 from grpc_harness import Harness, Pki, delta, join, make_job, make_pki, messages, running, wait_task
 
 from fedfleet.device.client import AggregatorError, DeviceClient, Task
+from fedfleet.engine.records import read_records
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import ModelUpdate
 from fedfleet.persist.checkpoint import load_checkpoint
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
-from fedfleet.runtime.records import read_records
-from fedfleet.runtime.task import build_task
+from fedfleet.sim.task import build_task
 
 LIMIT = 4000  # the configured maxUpdateBytes: above the model's 2,600 bytes, below a float64 update's 5,200
 
@@ -187,7 +187,7 @@ CASES: list[tuple[str, str, Attack, grpc.StatusCode, str, str]] = [
 def expected_weights(dim: int) -> np.ndarray:
     """The round with only the two good updates, run by the engine in process."""
     job = make_job()
-    server = FederatedServer(job.spec, build_task(job.spec).initial_weights())
+    server = FederatedServer(job.spec, build_task(job.spec).model.initial_weights())
     r = server.start_round(["dev-a", "dev-b"], now=0.0)
     for device, value in (("dev-a", 0.1), ("dev-b", 0.3)):
         r.submit(ModelUpdate(device, 1, 20, delta(dim, value), 0.5), now=1.0)
@@ -262,12 +262,12 @@ def test_a_refused_device_that_stays_silent_ends_the_round_rejected(tmp_path: Pa
                 await r.b.send_upload(messages(r.task_b, with_value(r, 0, float("nan")), r.layout), timeout=10)
             assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert await h.finished()
-            return h.app.coordinator.server
+            return h.app.server
 
     server = asyncio.run(scenario())
     (record,) = read_records(tmp_path / "metrics.jsonl")
     assert not record.succeeded and record.failure is not None and "only 1 of the 2" in record.failure
     assert (record.participants, record.rejected, record.dropped) == (1, 1, 0)
     job = make_job(name="reject-outcome")
-    np.testing.assert_array_equal(server.weights, build_task(job.spec).initial_weights())
+    np.testing.assert_array_equal(server.weights, build_task(job.spec).model.initial_weights())
     assert server.totals.rejected == {"non_finite": 1}

@@ -20,12 +20,12 @@ from grpc_harness import Harness, Pki, make_job, make_pki, messages, running, wa
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.device.client import AggregatorError, Capabilities, DeviceClient, Task
 from fedfleet.device.secure import SecureRoundRefusedByDevice, SentRounds
+from fedfleet.engine.records import read_records
 from fedfleet.privacy.secagg import PublicKeys, SecAggClient, Stage, ring
 from fedfleet.privacy.secure_update import UpdateEncoding
 from fedfleet.proto import codec
 from fedfleet.proto import secagg_wire as wire
 from fedfleet.proto.v1 import aggregator_pb2 as pb
-from fedfleet.runtime.records import read_records
 
 
 def secure_job(name: str, *, rounds: int = 1, clients: int = 16, min_reports: int = 4) -> FederatedJob:
@@ -156,11 +156,11 @@ def test_dropouts_at_every_stage_and_malformed_keys_leave_the_exact_sum_of_the_s
 
     async def scenario() -> tuple[np.ndarray, np.ndarray, Harness]:
         async with running(job, tmp_path / "state", pki) as harness:
-            initial = harness.app.coordinator.server.weights.copy()
+            initial = harness.app.server.weights.copy()
             updates = deltas(len(devices), initial.shape[0])
             await asyncio.gather(*(take_part(harness, d, updates[i], seed=i) for i, d in enumerate(devices)))
             assert await harness.finished()
-            return initial, harness.app.coordinator.server.weights.copy(), harness
+            return initial, harness.app.server.weights.copy(), harness
 
     initial, final, harness = asyncio.run(scenario())
 
@@ -195,12 +195,12 @@ def test_a_round_below_the_threshold_fails_cleanly_and_the_next_round_runs(tmp_p
 
     async def scenario() -> tuple[np.ndarray, np.ndarray, list[Device], list[Device], Harness]:
         async with running(job, tmp_path / "state", pki) as harness:
-            initial = harness.app.coordinator.server.weights.copy()
+            initial = harness.app.server.weights.copy()
             updates = deltas(5, initial.shape[0])
             first = await one_round(harness, {"t0", "t1"}, updates)  # 3 survivors < minReports 4
             second = await one_round(harness, set(), updates)
             assert await harness.finished()
-            return initial, harness.app.coordinator.server.weights.copy(), first, second, harness
+            return initial, harness.app.server.weights.copy(), first, second, harness
 
     initial, final, first, second, harness = asyncio.run(scenario())
     survivors = [d for d in first if d.silent_from is None]
@@ -227,11 +227,11 @@ def test_a_corrupted_masked_input_can_be_resent_and_a_wrong_sized_one_drops_its_
 
     async def scenario() -> tuple[np.ndarray, np.ndarray, Harness]:
         async with running(job, tmp_path / "state", pki) as harness:
-            initial = harness.app.coordinator.server.weights.copy()
+            initial = harness.app.server.weights.copy()
             updates = deltas(len(devices), initial.shape[0])
             await asyncio.gather(*(take_part(harness, d, updates[i], seed=i) for i, d in enumerate(devices)))
             assert await harness.finished()
-            return initial, harness.app.coordinator.server.weights.copy(), harness
+            return initial, harness.app.server.weights.copy(), harness
 
     initial, final, harness = asyncio.run(scenario())
     corrupt, short = devices[0].first_refusal, devices[1].first_refusal

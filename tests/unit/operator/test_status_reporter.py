@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from fedfleet.aggregator.k8s_status import ClusterTarget, StatusReporter, outcome_status, round_status
-from fedfleet.runtime.records import RoundRecord
+from fedfleet.engine.records import RoundRecord
 from fedfleet.security.certs import generate_ca, issue_server_cert
 
 

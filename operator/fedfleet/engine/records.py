@@ -1,4 +1,4 @@
-"""The per-round record that `metrics.jsonl` holds, and how a run's directory is laid out."""
+"""The per-round record that `metrics.jsonl` holds: one line per closed round, the same for every transport."""
 
 from __future__ import annotations
 
@@ -13,39 +13,6 @@ from fedfleet.persist.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.npz"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.pt"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "report.png"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "job.yaml"
-
-    @property
-    def run_id(self) -> Path:
-        return self.root / "run-id"
-
-
-@dataclass(frozen=True)
 class RoundRecord:
     round: int
     succeeded: bool
@@ -56,8 +23,8 @@ class RoundRecord:
     federated_loss: float | None
     invited: int
     participants: int  # updates aggregated
-    dropped: int
-    late: int
+    dropped: int  # invitees lost during the round: no report by its deadline
+    late: int  # reports that arrived after the round closed
     rejected: int
     bytes_sent: int  # model downloads to the invited devices
     bytes_received: int  # update uploads, late ones included
@@ -65,6 +32,7 @@ class RoundRecord:
     wall_seconds: float
     failure: str | None = None
     epsilon: float | None = None  # ε(δ) spent by the job after this round, with differential privacy on
+    surplus: int = 0  # invitees still working when the round filled: over-selection did its job, nobody was lost
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
@@ -73,6 +41,11 @@ class RoundRecord:
     def from_json(cls, line: str) -> RoundRecord:
         data: dict[str, Any] = json.loads(line)
         return cls(**data)
+
+    @property
+    def lost(self) -> int:
+        """Invitees the round waited for in vain (churn): dropped or late, never the surplus."""
+        return self.dropped + self.late
 
 
 def read_records(path: Path) -> list[RoundRecord]:
@@ -127,6 +100,7 @@ def record_from_result(
         dropped=result.count(Outcome.DROPPED),
         late=result.count(Outcome.LATE),
         rejected=result.count(Outcome.REJECTED),
+        surplus=result.count(Outcome.SURPLUS),
         bytes_sent=invited * dim * 4,  # every invitee downloads the float32 model
         bytes_received=result.bytes_received,
         sim_seconds=round(sim_seconds, 3),

@@ -11,16 +11,15 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedfleet.aggregator.app import AggregatorApp, prepare_security
+from fedfleet.aggregator.config import AggregatorConfig, AuthSection, Endpoint, EvaluationSection, TlsSection
 from fedfleet.api.federatedjob import FederatedJob
-from fedfleet.persist.checkpoint import CheckpointError
-from fedfleet.runtime.local import RunExistsError, default_ledger_path
-from fedfleet.runtime.records import RoundRecord, RunPaths
-from fedfleet.runtime.task import build_task
+from fedfleet.engine.journal import RunJournal
+from fedfleet.engine.loop import RoundCallback
+from fedfleet.engine.records import RoundRecord
+from fedfleet.runtime.local import default_ledger_path
 from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
-
-from .app import AggregatorApp, prepare_security
-from .config import AggregatorConfig, AuthSection, Endpoint, TlsSection
-from .coordinator import RoundCallback
+from fedfleet.sim.task import build_task
 
 #: Wall seconds per simulated second of the demo fleet: the example job's devices take ~1–30 simulated
 #: seconds per round, so rounds last tens of milliseconds to a second or two.
@@ -37,13 +36,9 @@ class LoopbackResult:
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
-    """The rules of `fedfleet run --out`: never silently overwrite an earlier run, resume only a real one."""
-    paths = RunPaths(out)
-    if resume:
-        if paths.metrics.exists() and not paths.checkpoint.exists():
-            raise CheckpointError(f"{out}: metrics exist but the checkpoint is missing")
-    elif paths.metrics.exists() or paths.checkpoint.exists():
-        raise RunExistsError(f"{out} already holds a run; pass --resume or choose another --out")
+    """The rules of `fedfleet run --out`, before anything starts: never silently overwrite an earlier run
+    (RunExistsError), resume only this directory's own (CheckpointError)."""
+    RunJournal(out).prepare(resume)
 
 
 def loopback_config(
@@ -58,6 +53,11 @@ def loopback_config(
         auth=AuthSection(token_key=out / "token.key", generate=True),
         state_dir=out,
         ledger_path=ledger_path or default_ledger_path(),
+        # The simulated fleet is the job's fleet: its size plans DP, its dataset is the model's data.
+        fleet_size=job.spec.simulation.devices,
+        evaluation=EvaluationSection(
+            dataset=job.spec.simulation.dataset, test_samples=job.spec.simulation.test_samples
+        ),
         time_scale=time_scale,
         settle_seconds=0.5,
         poll_seconds=5.0,
@@ -75,7 +75,7 @@ async def run_loopback(
     config = loopback_config(job, out, time_scale, ledger_path)
     security = prepare_security(config, job)
     task = build_task(job.spec)
-    app = AggregatorApp(job, config, security, task=task)
+    app = AggregatorApp(job, config, security, inputs=task.aggregator_inputs())
     await app.start()
     try:
         settings = FleetSettings(
@@ -98,4 +98,4 @@ async def run_loopback(
         report = await fleet
     finally:
         await app.stop()
-    return LoopbackResult(app.coordinator.records, report, app, completed, app.stop_reason)
+    return LoopbackResult(app.records, report, app, completed, app.stop_reason)

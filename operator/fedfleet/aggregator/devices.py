@@ -23,6 +23,8 @@ class DeviceState:
 
 
 class DeviceRegistry:
+    """Devices by id, with the rules for who may be invited to a round."""
+
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl_seconds = ttl_seconds
         self._devices: dict[str, DeviceState] = {}
