@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.api.federatedjob import FederatedJob
+from fedfleet.engine.records import RoundRecord
 from fedfleet.runtime.local import LocalRuntime
 from fedfleet.runtime.threads import configure_torch_threads
 
@@ -59,14 +60,17 @@ def run_to_target(job: FederatedJob, target: float | None, stop_at_target: bool 
         runtime.prepare(resume=False)
         reached: int | None = None
         best = final = 0.0
-        while not runtime.server.done:
-            record = runtime.run_round()
+
+        def on_round(record: RoundRecord) -> None:
+            nonlocal reached, best, final
             final = record.accuracy if record.accuracy is not None else final
             best = max(best, final)
             if target is not None and reached is None and final >= target:
                 reached = record.round
                 if stop_at_target:
-                    break
+                    runtime.request_stop()
+
+        runtime.run(on_round)
         return RunOutcome(reached, final, best, runtime.server.round, time.perf_counter() - started)
 
 

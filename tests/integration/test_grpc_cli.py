@@ -81,7 +81,10 @@ def test_run_over_grpc_by_default_writes_the_same_outputs(tmp_path: Path) -> Non
     assert "final accuracy" in done.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
-    assert all(r["participants"] + r["dropped"] + r["late"] + r["surplus"] + r["rejected"] == r["invited"] == 6 for r in records)
+    assert all(
+        r["participants"] + r["dropped"] + r["late"] + r["surplus"] + r["rejected"] == r["invited"] == 6
+        for r in records
+    )
     assert (out / "tls/ca.crt").exists() and (out / "token.key").exists()
     for name in ("model.pt", "summary.json", "report.png", "checkpoint.npz", "job.yaml"):
         assert (out / name).exists(), name

@@ -121,7 +121,9 @@ def test_restarted_aggregator_keeps_its_ledger_key_and_a_new_run_gets_a_new_one(
 
     def job_key(state: Path) -> str:
         config = config_for(state, ledger)
-        app = AggregatorApp(job, config, prepare_security(config, job), inputs=task.aggregator_inputs(), registry=CollectorRegistry())
+        app = AggregatorApp(
+            job, config, prepare_security(config, job), inputs=task.aggregator_inputs(), registry=CollectorRegistry()
+        )
         privacy = app.server.privacy
         assert privacy is not None and privacy.ledger is not None
         assert privacy.q == pytest.approx(5 / 20), "q is planned on spec.simulation.devices"

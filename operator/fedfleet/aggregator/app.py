@@ -135,8 +135,14 @@ class AggregatorApp:
         )
         self.identity = job_identity(job)
         self.server = FederatedServer(job.spec, self.inputs.model.initial_weights())
-        self.hub = DeviceHub(self.identity, job.spec, self.server, self.inputs.model.layout(), self.metrics, settings)
         self.privacy_metrics: PrivacyExporter | None = None
+        if uses_privacy(job):
+            ledger = ledger_path(config.ledger_path, config.state_dir)
+            self.server.privacy = build_job_privacy(
+                job, self.inputs.fleet_size, ledger, f"{self.identity}/{self.journal.run_id()}"
+            )
+            self.privacy_metrics = PrivacyExporter(self.registry, job, self.server)
+        self.hub = DeviceHub(self.identity, job.spec, self.server, self.inputs.model.layout(), self.metrics, settings)
         self.end: RunEnd | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -154,12 +160,6 @@ class AggregatorApp:
     async def start(self) -> None:
         """Restore state, then listen. Raises CheckpointError for a state dir of another job."""
         ckpt = self.journal.prepare(resume=True)  # a pod (re)started on its volume always continues
-        if uses_privacy(self.job):
-            ledger = ledger_path(self.config.ledger_path, self.config.state_dir)
-            self.server.privacy = build_job_privacy(
-                self.job, self.inputs.fleet_size, ledger, f"{self.identity}/{self.journal.run_id()}"
-            )
-            self.privacy_metrics = PrivacyExporter(self.registry, self.job, self.server)
         if ckpt is not None:
             self.server.restore(ckpt)
             log.info("resuming %s after round %d", self.identity, ckpt.round)

@@ -23,6 +23,7 @@ from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.engine.round import TrainingRound, UpdateRejected
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import Outcome, RejectReason
+from fedfleet.privacy.secure_update import plan_encoding
 from fedfleet.proto import codec
 from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
@@ -107,6 +108,11 @@ class DeviceHub:
         self.previous: TrainingRound | None = None  # the last closed round: it still takes (late) stragglers
         self.secure: SecureRound | None = None  # the open round's secure aggregation, in jobs that use it
         self.uses_secure_aggregation = spec.privacy.secure_aggregation.enabled
+        if self.uses_secure_aggregation:
+            # Refuse a spec whose rounds could never be encoded before any device connects (ValueError naming it).
+            privacy = server.privacy
+            noise = privacy.noise_multiplier if privacy is not None else None
+            plan_encoding(spec, server.dim, max(2, spec.cohort.invited), 1, noise)
         self.campaign: EvaluationCampaign | None = None
         self.snapshot = self._snapshot()
         self.done = False

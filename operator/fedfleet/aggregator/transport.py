@@ -19,7 +19,6 @@ from fedfleet.engine.round import TrainingRound
 from fedfleet.engine.seeding import Purpose, stream
 from fedfleet.engine.types import RoundResult
 from fedfleet.models.vector import Vector
-from fedfleet.privacy.secure_update import plan_encoding
 
 from .campaigns import EvaluationCampaign
 from .hub import DeviceHub
@@ -36,10 +35,6 @@ class GrpcTransport:
         self.privacy = privacy
         self.min_devices = hub.settings.min_devices or self.spec.cohort.clients_per_round
         self._closed_at = 0.0
-        if hub.uses_secure_aggregation:
-            # Refuse a spec whose rounds could never be encoded before any device connects (ValueError naming it).
-            noise = privacy.noise_multiplier if privacy is not None else None
-            plan_encoding(self.spec, hub.server.dim, max(2, self.spec.cohort.invited), 1, noise)
 
     @property
     def max_update_bytes(self) -> int:

@@ -33,11 +33,14 @@ class InProcessTransport:
         self.server = server
         self.model = task.model.new_model()
         self._available: list[str] = []
+        self.stopping = False  # set between rounds: the loop ends before the next one, as on a shutdown
 
     def now(self) -> float:
         return 0.0
 
-    async def candidates(self, number: int) -> list[str]:
+    async def candidates(self, number: int) -> list[str] | None:
+        if self.stopping:
+            return None
         interval_hours = self.spec.simulation.availability.round_interval_minutes / 60.0
         now_hours = (number - 1) * interval_hours
         self._available = [p.device_id for p in self.task.fleet if is_available(p, now_hours)]

@@ -52,6 +52,7 @@ class LocalRuntime:
         self.paths = self.journal.paths
         self.ledger_path = ledger_path
         self.server = FederatedServer(self.spec, self.task.model.initial_weights())
+        self.transport = InProcessTransport(self.task, self.server)
         self.end: RunEnd | None = None
 
     @property
@@ -86,7 +87,7 @@ class LocalRuntime:
         loop = RoundLoop(
             self.server,
             self.journal,
-            InProcessTransport(self.task, self.server),
+            self.transport,
             evaluator=ServerEvaluator(self.task.model, test) if test is not None else None,
             observers=[record_observer(on_round)] if on_round is not None else [],
         )
@@ -96,6 +97,10 @@ class LocalRuntime:
             self.save_model()
             self.journal.write_summary(self.job.metadata.name, self.server.totals.to_json(), self.end)
         return self.records
+
+    def request_stop(self) -> None:
+        """End the run after the round in progress (from an on_round callback): it stays resumable."""
+        self.transport.stopping = True
 
     def final_weights(self) -> np.ndarray:
         return self.server.weights.copy()
