@@ -8,14 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fedfleet.engine.server_optimizers import (
-    FedAdagrad,
-    FedAdam,
-    FedAvgM,
-    FedAvgServer,
-    FedYogi,
-    ServerOptimizer,
-)
+from fedfleet.strategies.base import ServerOptimizer
+from fedfleet.strategies.fedadagrad import FedAdagrad
+from fedfleet.strategies.fedadam import FedAdam
+from fedfleet.strategies.fedavg import FedAvgServer
+from fedfleet.strategies.fedavgm import FedAvgM
+from fedfleet.strategies.fedyogi import FedYogi
 
 LR, B1, B2, TAU, MOMENTUM = 0.1, 0.9, 0.99, 1e-3, 0.8
 

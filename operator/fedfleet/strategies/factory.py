@@ -5,16 +5,12 @@ from __future__ import annotations
 from typing import assert_never
 
 from fedfleet.api.federatedjob import AggregationSpec, Strategy
-from fedfleet.engine.server_optimizers import (
-    FedAdagrad,
-    FedAdam,
-    FedAvgM,
-    FedAvgServer,
-    FedYogi,
-    ServerOptimizer,
-)
-from fedfleet.strategies.base import AggregationRule
-from fedfleet.strategies.fedavg import FedAvg
+from fedfleet.strategies.base import AggregationRule, ServerOptimizer
+from fedfleet.strategies.fedadagrad import FedAdagrad
+from fedfleet.strategies.fedadam import FedAdam
+from fedfleet.strategies.fedavg import FedAvg, FedAvgServer
+from fedfleet.strategies.fedavgm import FedAvgM
+from fedfleet.strategies.fedyogi import FedYogi
 from fedfleet.strategies.krum import Krum, MultiKrum
 from fedfleet.strategies.median import Median
 from fedfleet.strategies.norm_bounding import NormBounding

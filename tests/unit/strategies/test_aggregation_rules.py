@@ -12,18 +12,21 @@ import pytest
 import scipy.stats  # type: ignore[import-untyped]  # an independent reference for the trimmed mean
 
 from fedfleet.api.federatedjob import AggregationSpec, Strategy
-from fedfleet.engine.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedAvgServer, FedYogi
 from fedfleet.strategies.base import COLUMN_BLOCK, AggregationRule
-from fedfleet.strategies.fedavg import FedAvg
-from fedfleet.strategies.krum import Krum, MultiKrum, krum_scores, squared_distances
-from fedfleet.strategies.median import Median
-from fedfleet.strategies.norm_bounding import NormBounding
-from fedfleet.strategies.registry import (
+from fedfleet.strategies.factory import (
     STRATEGY_NAMES,
     build_strategy,
     needs_individual_updates,
     parse_strategy,
 )
+from fedfleet.strategies.fedadagrad import FedAdagrad
+from fedfleet.strategies.fedadam import FedAdam
+from fedfleet.strategies.fedavg import FedAvg, FedAvgServer
+from fedfleet.strategies.fedavgm import FedAvgM
+from fedfleet.strategies.fedyogi import FedYogi
+from fedfleet.strategies.krum import Krum, MultiKrum, krum_scores, squared_distances
+from fedfleet.strategies.median import Median
+from fedfleet.strategies.norm_bounding import NormBounding
 from fedfleet.strategies.trimmed_mean import TrimmedMean, trim_count
 
 # Crosses a column-block boundary, so block-wise code paths are exercised.
