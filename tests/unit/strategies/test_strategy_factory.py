@@ -1,0 +1,92 @@
+"""From `spec.aggregation` to the rule and the server optimizer: every strategy, with its parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedfleet.api.federatedjob import AggregationSpec, Strategy
+from fedfleet.strategies.factory import (
+    STRATEGY_NAMES,
+    build_strategy,
+    needs_individual_updates,
+    parse_strategy,
+)
+from fedfleet.strategies.fedadagrad import FedAdagrad
+from fedfleet.strategies.fedadam import FedAdam
+from fedfleet.strategies.fedavg import FedAvgServer
+from fedfleet.strategies.fedavgm import FedAvgM
+from fedfleet.strategies.fedyogi import FedYogi
+from fedfleet.strategies.krum import MultiKrum
+from fedfleet.strategies.norm_bounding import NormBounding
+from fedfleet.strategies.trimmed_mean import TrimmedMean
+
+EXPECTED = {
+    "fedavg": ("fedavg", FedAvgServer),
+    "fedprox": ("fedavg", FedAvgServer),
+    "fedavgm": ("fedavg", FedAvgM),
+    "fedadam": ("fedavg", FedAdam),
+    "fedyogi": ("fedavg", FedYogi),
+    "fedadagrad": ("fedavg", FedAdagrad),
+    "median": ("median", FedAvgServer),
+    "trimmedMean": ("trimmedMean", FedAvgServer),
+    "krum": ("krum", FedAvgServer),
+    "multiKrum": ("multiKrum", FedAvgServer),
+    "normBounding": ("normBounding", FedAvgServer),
+}
+
+
+def test_every_strategy_has_a_rule_and_optimizer() -> None:
+    assert set(STRATEGY_NAMES) == {s.value for s in Strategy} == set(EXPECTED)
+    for name in STRATEGY_NAMES:
+        rule, opt = build_strategy(AggregationSpec(strategy=name, server_learning_rate=0.3))
+        assert (rule.name, type(opt)) == EXPECTED[name]
+        assert opt.learning_rate == 0.3
+
+
+def test_registry_passes_the_spec_parameters_through() -> None:
+    spec = AggregationSpec.model_validate(
+        {
+            "strategy": "multiKrum",
+            "byzantineCount": 2,
+            "multiKrumSelect": 4,
+            "trimFraction": 0.2,
+            "normBound": 3.5,
+            "serverMomentum": 0.5,
+            "beta1": 0.7,
+            "beta2": 0.8,
+            "tau": 0.01,
+        }
+    )
+    rule, _ = build_strategy(spec)
+    assert isinstance(rule, MultiKrum) and (rule.byzantine_count, rule.select) == (2, 4)
+    trimmed, _ = build_strategy(spec.model_copy(update={"strategy": Strategy.TRIMMED_MEAN}))
+    assert isinstance(trimmed, TrimmedMean) and trimmed.trim_fraction == 0.2
+    bounded, _ = build_strategy(spec.model_copy(update={"strategy": Strategy.NORM_BOUNDING}))
+    assert isinstance(bounded, NormBounding) and bounded.norm_bound == 3.5
+    _, momentum = build_strategy(spec.model_copy(update={"strategy": Strategy.FEDAVGM}))
+    assert isinstance(momentum, FedAvgM) and momentum.momentum == 0.5
+    _, yogi = build_strategy(spec.model_copy(update={"strategy": Strategy.FEDYOGI}))
+    assert isinstance(yogi, FedYogi) and (yogi.beta1, yogi.beta2, yogi.tau) == (0.7, 0.8, 0.01)
+
+
+def test_dim_hint_allocates_optimizer_state_up_front() -> None:
+    _, adam = build_strategy(AggregationSpec(strategy=Strategy.FEDADAM, tau=0.1), dim_hint=12)
+    state = adam.state_dict()
+    assert state["m"].shape == state["v"].shape == (12,)
+    _, lazy = build_strategy(AggregationSpec(strategy=Strategy.FEDADAM))
+    assert set(lazy.state_dict()) == {"step"}
+
+
+def test_needs_individual_updates() -> None:
+    individual = {name for name in STRATEGY_NAMES if needs_individual_updates(name)}
+    assert individual == {"median", "trimmedMean", "krum", "multiKrum"}
+    assert needs_individual_updates(Strategy.KRUM)
+    for name in individual:
+        assert not build_strategy(AggregationSpec(strategy=name))[0].streaming
+
+
+def test_unknown_strategy_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown strategy 'fedsgd'; expected one of fedavg, fedavgm, .*normBounding"):
+        parse_strategy("fedsgd")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        needs_individual_updates("Median")
