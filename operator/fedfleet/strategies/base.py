@@ -124,30 +124,18 @@ def check_decay(name: str, value: float) -> float:
 class ServerOptimizer(ABC):
     """Applies the round's aggregate delta to the global weights, keeping whatever state the rule needs.
 
-    State is allocated on the first `apply` (or at construction when `dim` is known).
+    State is allocated on the first `apply`, or restored by `load_state_dict`: the optimizer learns the model
+    size from the first weights it sees.
     """
 
     name: str
     state_keys: tuple[str, ...] = ()  # the float64 vectors of state, besides "step"
 
-    def __init__(self, learning_rate: float, dim: int | None = None) -> None:
+    def __init__(self, learning_rate: float) -> None:
         self.learning_rate = check_rate("server learning rate", learning_rate)
         self._dim: int | None = None
         self._state: dict[str, Float64] = {}
         self._steps = 0
-        if dim is not None:
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-                raise ValueError(f"dim must be a positive integer, got {dim!r}")
-            self._reset(dim)
-
-    @property
-    def dim(self) -> int | None:
-        return self._dim
-
-    @property
-    def steps(self) -> int:
-        """How many deltas have been applied."""
-        return self._steps
 
     def _reset(self, dim: int) -> None:
         self._dim = dim

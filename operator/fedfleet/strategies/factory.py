@@ -16,42 +16,23 @@ from fedfleet.strategies.median import Median
 from fedfleet.strategies.norm_bounding import NormBounding
 from fedfleet.strategies.trimmed_mean import TrimmedMean
 
-STRATEGY_NAMES: tuple[str, ...] = tuple(s.value for s in Strategy)
 
-# Rules that look at each update on its own. Secure aggregation only ever reveals the sum, so it cannot
-# serve them.
-_INDIVIDUAL = frozenset({Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM})
-
-
-def parse_strategy(value: Strategy | str) -> Strategy:
-    """The Strategy named by `value` (spec models hold it as a plain string), or a ValueError listing the names."""
-    try:
-        return Strategy(value)
-    except ValueError:
-        raise ValueError(f"unknown strategy {value!r}; expected one of {', '.join(STRATEGY_NAMES)}") from None
-
-
-def needs_individual_updates(strategy: Strategy | str) -> bool:
-    return parse_strategy(strategy) in _INDIVIDUAL
-
-
-def build_strategy(spec: AggregationSpec, dim_hint: int | None = None) -> tuple[AggregationRule, ServerOptimizer]:
-    """The rule and optimizer of `spec.strategy`. `dim_hint` (the model size) allocates optimizer state now,
-    so a checkpoint taken before the first round already holds it."""
-    strategy = parse_strategy(spec.strategy)
+def build_strategy(spec: AggregationSpec) -> tuple[AggregationRule, ServerOptimizer]:
+    """The rule and optimizer of `spec.strategy`. The optimizer allocates its state in the first round."""
+    strategy = Strategy(spec.strategy)  # the validated spec holds the enum's value, a plain string
     lr = spec.server_learning_rate
-    plain = FedAvgServer(lr, dim_hint)
+    plain = FedAvgServer(lr)
     match strategy:
         case Strategy.FEDAVG | Strategy.FEDPROX:  # FedProx differs only in the devices' proximal term
             return FedAvg(), plain
         case Strategy.FEDAVGM:
-            return FedAvg(), FedAvgM(lr, spec.server_momentum, dim_hint)
+            return FedAvg(), FedAvgM(lr, spec.server_momentum)
         case Strategy.FEDADAM:
-            return FedAvg(), FedAdam(lr, spec.beta1, spec.beta2, spec.tau, dim_hint)
+            return FedAvg(), FedAdam(lr, spec.beta1, spec.beta2, spec.tau)
         case Strategy.FEDYOGI:
-            return FedAvg(), FedYogi(lr, spec.beta1, spec.beta2, spec.tau, dim_hint)
+            return FedAvg(), FedYogi(lr, spec.beta1, spec.beta2, spec.tau)
         case Strategy.FEDADAGRAD:
-            return FedAvg(), FedAdagrad(lr, spec.beta1, spec.tau, dim_hint)
+            return FedAvg(), FedAdagrad(lr, spec.beta1, spec.tau)
         case Strategy.MEDIAN:
             return Median(), plain
         case Strategy.TRIMMED_MEAN:

@@ -11,8 +11,8 @@ class FedAdagrad(FedOpt):
 
     name = "fedadagrad"
 
-    def __init__(self, learning_rate: float, beta1: float, tau: float, dim: int | None = None) -> None:
-        super().__init__(learning_rate, beta1, 0.0, tau, dim)
+    def __init__(self, learning_rate: float, beta1: float, tau: float) -> None:
+        super().__init__(learning_rate, beta1, 0.0, tau)
 
     def _second_moment(self, v: Float64, delta_sq: Float64) -> None:
         v += delta_sq

@@ -15,9 +15,9 @@ class FedAvgM(ServerOptimizer):
     name = "fedavgm"
     state_keys = ("momentum",)
 
-    def __init__(self, learning_rate: float, momentum: float, dim: int | None = None) -> None:
+    def __init__(self, learning_rate: float, momentum: float) -> None:
         self.momentum = check_decay("server momentum", momentum)
-        super().__init__(learning_rate, dim)
+        super().__init__(learning_rate)
 
     def _initial_state(self, dim: int) -> dict[str, Float64]:
         return {"momentum": np.zeros(dim, dtype=np.float64)}

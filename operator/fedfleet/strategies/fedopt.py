@@ -19,11 +19,11 @@ class FedOpt(ServerOptimizer):
 
     state_keys = ("m", "v")
 
-    def __init__(self, learning_rate: float, beta1: float, beta2: float, tau: float, dim: int | None = None) -> None:
+    def __init__(self, learning_rate: float, beta1: float, beta2: float, tau: float) -> None:
         self.beta1 = check_decay("beta1", beta1)
         self.beta2 = check_decay("beta2", beta2)
         self.tau = check_rate("tau", tau)
-        super().__init__(learning_rate, dim)
+        super().__init__(learning_rate)
 
     def _initial_state(self, dim: int) -> dict[str, Float64]:
         return {"m": np.zeros(dim, dtype=np.float64), "v": np.full(dim, self.tau**2, dtype=np.float64)}

@@ -15,10 +15,10 @@ from fedfleet.strategies.fedyogi import FedYogi
 
 LR, B1, B2, TAU = 0.1, 0.9, 0.99, 1e-3
 
-ADAPTIVE: dict[str, Callable[..., FedOpt]] = {
-    "fedadam": lambda dim=None: FedAdam(LR, B1, B2, TAU, dim),
-    "fedyogi": lambda dim=None: FedYogi(LR, B1, B2, TAU, dim),
-    "fedadagrad": lambda dim=None: FedAdagrad(LR, B1, TAU, dim),
+ADAPTIVE: dict[str, Callable[[], FedOpt]] = {
+    "fedadam": lambda: FedAdam(LR, B1, B2, TAU),
+    "fedyogi": lambda: FedYogi(LR, B1, B2, TAU),
+    "fedadagrad": lambda: FedAdagrad(LR, B1, TAU),
 }
 
 
@@ -35,7 +35,7 @@ def test_first_adam_step_by_hand() -> None:
 
 
 def test_yogi_shrinks_v_additively_while_adam_decays_it() -> None:
-    yogi, adam = FedYogi(1.0, 0.0, 0.5, 1e-3, dim=1), FedAdam(1.0, 0.0, 0.5, 1e-3, dim=1)
+    yogi, adam = FedYogi(1.0, 0.0, 0.5, 1e-3), FedAdam(1.0, 0.0, 0.5, 1e-3)
     big, small = np.array([2.0], np.float32), np.array([0.1], np.float32)
     for opt in (yogi, adam):
         opt.apply(np.zeros(1, np.float32), big)
@@ -46,9 +46,14 @@ def test_yogi_shrinks_v_additively_while_adam_decays_it() -> None:
     assert adam.state_dict()["v"][0] == pytest.approx(0.5 * v_adam_1 + 0.5 * 0.01)
 
 
-@pytest.mark.parametrize("name", ADAPTIVE)
-def test_second_moment_starts_at_tau_squared(name: str) -> None:
-    state = ADAPTIVE[name](dim=3).state_dict()
-    np.testing.assert_array_equal(state["v"], np.full(3, TAU**2))
+@pytest.mark.parametrize(("name", "v_after"), [("fedadam", B2 * TAU**2), ("fedyogi", TAU**2), ("fedadagrad", TAU**2)])
+def test_second_moment_starts_at_tau_squared(name: str, v_after: float) -> None:
+    # A zero Δ leaves m at 0 and the weights unchanged, and shows where v started: Adam decays τ² once,
+    # Yogi and Adagrad add nothing to it.
+    opt = ADAPTIVE[name]()
+    x = np.array([0.5, -1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(opt.apply(x, np.zeros(3, np.float32)), x)
+    state = opt.state_dict()
+    np.testing.assert_allclose(state["v"], np.full(3, v_after), rtol=1e-15)
     np.testing.assert_array_equal(state["m"], np.zeros(3))
-    assert state["step"] == 0 and state["step"].dtype == np.int64
+    assert state["step"] == 1 and state["step"].dtype == np.int64
