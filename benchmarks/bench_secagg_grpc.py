@@ -291,7 +291,7 @@ def main() -> int:
     parser.add_argument("--length", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    from fedfleet.privacy.secagg.masking import benchmark_expand_mask
+    from bench_secagg import benchmark_expand_mask
 
     expansion = benchmark_expand_mask()
     print(f"mask expansion: {expansion:.2f} GB/s of uint64 mask (AES-256-CTR)")

@@ -1,1 +1,7 @@
-"""engine"""
+"""The round engine, the same for every transport: choosing a round's cohort, one training round as a state
+machine, the server's model and its optimizer step, checkpoints of both, and random streams derived from the
+job's seed. No torch, gRPC, kopf or Kubernetes: it never learns how updates travel.
+
+Floor: engine, below the services that drive it (aggregator/, device/, operator/) and above the wire
+protocol, privacy, strategies and the bottom floor, which it uses.
+"""

@@ -20,7 +20,7 @@ from fedfleet.engine.seeding import Purpose, stream
 from fedfleet.engine.types import Outcome, RoundResult
 from fedfleet.models.vector import Vector
 from fedfleet.persist.checkpoint import Checkpoint, CheckpointError
-from fedfleet.strategies.registry import build_strategy
+from fedfleet.strategies.factory import build_strategy
 
 if TYPE_CHECKING:  # the caller builds it; the engine never imports the DP libraries itself
     from fedfleet.privacy.job import JobPrivacy

@@ -1,1 +1,5 @@
-"""Crash-safe persistence: atomic files and checkpoints."""
+"""Crash-safe persistence: atomic file writes and the server's checkpoints.
+
+Floor: the bottom one, beside api/, models/ and data/, which it never imports. numpy and the standard
+library only.
+"""

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from fedfleet.models.vector import Vector
 from fedfleet.persist.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -23,7 +23,9 @@ class CheckpointError(Exception):
 @dataclass
 class Checkpoint:
     round: int  # the last round that finished (succeeded or failed)
-    weights: Vector
+    # The model's flat float32 vector (what models.vector.Vector names); spelled out here because persist and
+    # models share the bottom floor and so do not import each other.
+    weights: NDArray[np.float32]
     optimizer_state: dict[str, np.ndarray]
     spec_digest: str  # a checkpoint only resumes the job spec it was written for
     totals: dict[str, Any] = field(default_factory=dict)

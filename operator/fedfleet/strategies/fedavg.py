@@ -1,4 +1,5 @@
-"""FedAvg: the mean of the updates weighted by each device's number of examples (McMahan et al. 2017).
+"""FedAvg: the mean of the updates weighted by each device's number of examples (McMahan et al. 2017), and
+the plain server step x ← x + ηΔ that every strategy without a server optimizer of its own uses.
 
 Robustness: none — one arbitrary update can move the mean arbitrarily far; use it when devices are honest.
 The sum is streamed: each update is folded into one float64 running sum as it arrives, so memory is O(dim)
@@ -15,6 +16,8 @@ from fedfleet.strategies.base import (
     COLUMN_BLOCK,
     Accumulator,
     AggregationRule,
+    Float64,
+    ServerOptimizer,
     check_dim,
     check_update,
     require_updates,
@@ -78,3 +81,13 @@ class FedAvg(AggregationRule):
 
     def accumulator(self, dim: int) -> Accumulator:
         return WeightedMeanAccumulator(dim)
+
+
+class FedAvgServer(ServerOptimizer):
+    """x ← x + ηΔ."""
+
+    name = "fedavg"
+
+    def _step(self, delta: Float64) -> Float64:
+        delta *= self.learning_rate
+        return delta

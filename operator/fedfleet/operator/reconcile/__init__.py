@@ -1,4 +1,7 @@
-"""The pure reconcile step: a job, what exists of its children, and the time in; what to do out."""
+"""The pure reconcile step: a job, what exists of its children, and the time in; what to do out.
+
+On the operator's floor; no Kubernetes API calls here (operator/k8s.py makes them).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Pure builders of a job's child objects, as plain dicts shaped like the API's JSON."""
+"""Pure builders of a job's child objects, as plain dicts shaped like the API's JSON.
+
+On the operator's floor; no Kubernetes API calls here (operator/k8s.py makes them).
+"""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def calibrate_noise_multiplier(
 class PrivacyAccountant:
     """The ε ledger of one job: the (z, q) of every released round, and the ε they add up to.
 
-    The server asks :meth:`would_exceed` before opening a round and calls :meth:`record_round` after a round
+    The server asks :meth:`check_next_round` before opening a round and calls :meth:`record_round` after a round
     whose aggregate was released (a failed round releases nothing and costs nothing). Its state is a dict of
     plain numbers for the checkpoint, so a resumed job continues with the same ε.
     """
@@ -268,12 +268,6 @@ class PrivacyAccountant:
         z = self.noise_multiplier if noise_multiplier is None else float(noise_multiplier)
         q = self.sampling_rate if sampling_rate is None else float(sampling_rate)
         return epsilon_of_runs(self._with_round(z, q), self.delta, self.method)
-
-    def would_exceed(
-        self, target_epsilon: float, noise_multiplier: float | None = None, sampling_rate: float | None = None
-    ) -> bool:
-        """True when the next round would take ε above `target_epsilon`: do not run it."""
-        return self.epsilon_after_next(noise_multiplier, sampling_rate) > target_epsilon
 
     def check_next_round(
         self, target_epsilon: float, noise_multiplier: float | None = None, sampling_rate: float | None = None

@@ -146,14 +146,6 @@ class SkellamPlan:
         """σ of the summed noise in grid units when exactly `min_survivors` devices report."""
         return self.noise_multiplier * self.sensitivity_grid
 
-    @property
-    def float_noise_std(self) -> float:
-        """The same σ in the float units of the dequantized sum."""
-        return self.total_sigma_grid * self.step
-
-    def device_share(self, rng: np.random.Generator) -> IntVector:
-        return device_noise_share(self.dim, self.total_sigma_grid, self.min_survivors, rng)
-
     def accounted_noise_multiplier(self, survivors: int) -> float:
         """z to charge for a round with `survivors` reports; refuses a round whose noise fell short of it.
 

@@ -8,6 +8,8 @@ too few clients remain to remove the masks.
 Typical use: :class:`Quantizer` turns float updates into ring vectors, :class:`SecAggClient` and
 :class:`SecAggServer` run the four stages (the transport carries their messages), and
 ``Quantizer.dequantize_sum`` turns ``SecAggResult.total`` back into the float sum.
+
+On privacy/'s floor; wire translation of its messages lives above, in fedfleet.proto.secagg_wire.
 """
 
 from .client import SecAggClient

@@ -14,7 +14,8 @@ MERSENNE_521 = 2**521 - 1
 
 
 class FieldError(ValueError):
-    """A value is not an element of the field, or an operation has no result (division by zero)."""
+    """A value or encoding that is no element of the field, a modulus that cannot be prime, or interpolation
+    points that share an x coordinate."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,6 @@ class PrimeField:
         if not 0 <= value < self.modulus:
             raise FieldError(f"{value} is not an element of GF({self.modulus})")
         return value
-
-    def inverse(self, value: int) -> int:
-        if value % self.modulus == 0:
-            raise FieldError("zero has no inverse")
-        return pow(value, -1, self.modulus)
 
     def eval_poly(self, coefficients: Sequence[int], x: int) -> int:
         """f(x) for f = Σ coefficients[i]·x^i, by Horner's rule."""

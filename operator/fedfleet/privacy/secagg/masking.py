@@ -10,9 +10,6 @@ if u > v.
 
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
@@ -60,14 +57,3 @@ def add_mask(acc: U64Vector, seed: bytes, sign: int, modulus_bits: int) -> None:
 
 def add_pairwise_mask(acc: U64Vector, seed: bytes, own: int, peer: int, modulus_bits: int) -> None:
     add_mask(acc, seed, pairwise_sign(own, peer), modulus_bits)
-
-
-def benchmark_expand_mask(length: int = 1 << 22, modulus_bits: int = 32, repeats: int = 3) -> float:
-    """Mask expansion throughput in GB/s of produced uint64 mask (best of ``repeats``)."""
-    best = float("inf")
-    for _ in range(repeats):
-        seed = os.urandom(SEED_BYTES)
-        start = time.perf_counter()
-        expand_mask(seed, length, modulus_bits)
-        best = min(best, time.perf_counter() - start)
-    return length * 8 / best / 1e9

@@ -1,8 +1,8 @@
 """One secure-aggregation round run in memory: the server and clients wired without a network.
 
 This is the reference for the transport (the gRPC layer does the same with deadlines instead of loops)
-and the harness of the simulator, tests and benchmark: it can make clients go silent at any stage and
-tamper with their uploads, and it measures time and bytes per party.
+and the harness of the protocol's tests and of benchmarks/bench_secagg.py: it can make clients go silent at
+any stage and tamper with their uploads, and it measures time and bytes per party.
 """
 
 from __future__ import annotations

@@ -46,13 +46,6 @@ class Quantizer:
                 f"= 2^{self.modulus_bits}; the sum could wrap"
             )
 
-    @classmethod
-    def for_clients(cls, max_clients: int, clip: float, modulus_bits: int = 32) -> Quantizer:
-        """The finest grid for which the sum of ``max_clients`` inputs cannot wrap modulo 2^k."""
-        headroom = (max_clients - 1).bit_length()  # smallest h with max_clients <= 2^h
-        bits = min(MAX_QUANTIZATION_BITS, modulus_bits - headroom)
-        return cls(clip=clip, bits=bits, modulus_bits=modulus_bits, max_clients=max_clients)
-
     @property
     def levels(self) -> int:
         return 1 << self.bits

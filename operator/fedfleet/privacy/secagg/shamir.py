@@ -24,18 +24,6 @@ class Share:
     y: int
 
 
-def split_secret(
-    secret: bytes,
-    threshold: int,
-    num_shares: int,
-    *,
-    field: PrimeField = DEFAULT_FIELD,
-    randbelow: Callable[[int], int] = secrets.randbelow,
-) -> list[Share]:
-    """Shares at x = 1..num_shares of which any ``threshold`` reconstruct ``secret``."""
-    return split_secret_at(secret, threshold, range(1, num_shares + 1), field=field, randbelow=randbelow)
-
-
 def split_secret_at(
     secret: bytes,
     threshold: int,

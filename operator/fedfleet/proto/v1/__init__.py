@@ -1,1 +1,4 @@
-"""fedfleet.v1: the device ↔ aggregator protocol. `aggregator_pb2*` are generated: run `make proto`."""
+"""fedfleet.v1: the device ↔ aggregator protocol. `aggregator_pb2*` are generated: run `make proto`.
+
+On proto/'s floor.
+"""

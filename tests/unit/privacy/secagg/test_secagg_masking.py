@@ -83,10 +83,6 @@ def test_bad_seeds_and_self_pairs_are_refused() -> None:
     assert masking.pairwise_sign(1, 2) == 1 and masking.pairwise_sign(2, 1) == -1
 
 
-def test_benchmark_reports_a_positive_rate() -> None:
-    assert masking.benchmark_expand_mask(length=1 << 12, repeats=1) > 0
-
-
 @pytest.mark.parametrize("bits", [5, 16, 31, 62])
 def test_ring_encoding_round_trips_and_refuses_bad_input(bits: int) -> None:
     v = masking.expand_mask(_seed(7), 50, bits)

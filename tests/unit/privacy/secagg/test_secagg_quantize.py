@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from secagg_support import finest_quantizer
 
 from fedfleet.privacy.secagg.quantize import Quantizer
 
@@ -24,7 +25,7 @@ finite = st.floats(-10.0, 10.0, allow_nan=False, allow_infinity=False, width=32)
 def test_round_trip_error_is_below_one_step(
     x: np.ndarray, clip: float, max_clients: int, modulus_bits: int, seed: int
 ) -> None:
-    q = Quantizer.for_clients(max_clients, clip, modulus_bits)
+    q = finest_quantizer(max_clients, clip, modulus_bits)
     quantized = q.quantize(x, np.random.default_rng(seed))
     assert quantized.dtype == np.uint64 and int(quantized.max()) < q.levels
     back = q.dequantize_sum(quantized, 1)
@@ -37,7 +38,7 @@ def test_round_trip_error_is_below_one_step(
 @given(st.integers(1, 40), st.integers(1, 32), st.sampled_from([20, 32]), st.integers(0, 2**32))
 def test_modular_sum_dequantizes_to_the_float_sum(n: int, length: int, modulus_bits: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    q = Quantizer.for_clients(n, 1.0, modulus_bits)
+    q = finest_quantizer(n, 1.0, modulus_bits)
     xs = rng.uniform(-1.5, 1.5, size=(n, length))
     total = np.zeros(length, dtype=np.uint64)
     for x in xs:
@@ -49,7 +50,7 @@ def test_modular_sum_dequantizes_to_the_float_sum(n: int, length: int, modulus_b
 
 @pytest.mark.parametrize(("n", "modulus_bits"), [(1, 8), (7, 16), (100, 32), (1000, 32), (2**20, 62)])
 def test_extreme_inputs_from_max_clients_do_not_wrap(n: int, modulus_bits: int) -> None:
-    q = Quantizer.for_clients(n, 2.0, modulus_bits)
+    q = finest_quantizer(n, 2.0, modulus_bits)
     assert n * 2**q.bits <= 2**modulus_bits
     top = q.quantize(np.full(3, 5.0), np.random.default_rng(0))
     bottom = q.quantize(np.full(3, -5.0), np.random.default_rng(0))
@@ -93,7 +94,7 @@ def test_invalid_parameters_name_the_field(kwargs: dict[str, float], field: str)
 
 
 def test_non_finite_inputs_and_impossible_totals_are_refused() -> None:
-    q = Quantizer.for_clients(4, 1.0)
+    q = finest_quantizer(4, 1.0)
     with pytest.raises(ValueError, match="NaN"):
         q.quantize(np.array([0.0, np.nan]), np.random.default_rng(0))
     with pytest.raises(ValueError, match="exceeds"):

@@ -171,7 +171,7 @@ def test_accountant_refuses_the_round_that_would_exceed_the_budget() -> None:
     budget = epsilon_spent(z, q, 7, delta) * (1 + 1e-9)
     accountant = PrivacyAccountant(delta, z, q)
     ran = 0
-    while not accountant.would_exceed(budget):
+    while accountant.epsilon_after_next() <= budget:
         accountant.record_round()
         ran += 1
         assert accountant.epsilon <= budget  # reported after every round, never above the budget

@@ -96,7 +96,7 @@ def test_plan_sizes_noise_from_the_grid_sensitivity() -> None:
     plan = SkellamPlan(noise_multiplier=1.5, clip_norm=1.0, step=1e-4, dim=10_000, min_survivors=8)
     assert plan.sensitivity_grid == pytest.approx(1.0 / 1e-4 + 2 * 100)
     assert plan.total_sigma_grid == pytest.approx(1.5 * plan.sensitivity_grid)
-    assert plan.float_noise_std == pytest.approx(1.5 * (1.0 + 200 * 1e-4))
+    assert plan.total_sigma_grid * plan.step == pytest.approx(1.5 * (1.0 + 200 * 1e-4))  # σ in float units
     assert plan.accounted_noise_multiplier(8) == 1.5
     assert plan.accounted_noise_multiplier(12) == 1.5  # more survivors only add noise
     with pytest.raises(ValueError, match="must not be released"):
@@ -119,14 +119,18 @@ def test_end_to_end_the_dequantized_noisy_sum_has_the_planned_float_noise() -> N
     quantizer = Quantizer(clip=clip, bits=16, modulus_bits=needed, max_clients=n)
     updates = [clip_to_norm(rng.standard_normal(dim).astype(np.float32), clip) for _ in range(n)]
     total = np.zeros(dim, dtype=np.uint64)
+
+    def share(device_rng: np.random.Generator) -> np.ndarray:
+        return device_noise_share(plan.dim, plan.total_sigma_grid, plan.min_survivors, device_rng)
+
     for update in updates:
         device_rng = np.random.default_rng(rng.integers(2**63))
         q = quantizer.quantize(update, device_rng)
-        total = (total + add_share_mod(q, plan.device_share(device_rng), needed)) & np.uint64((1 << needed) - 1)
+        total = (total + add_share_mod(q, share(device_rng), needed)) & np.uint64((1 << needed) - 1)
     lifted = lift_noisy_sum(total, needed, centre=n * (quantizer.levels - 1) // 2)
     noisy_sum = lifted.astype(np.float64) * quantizer.step - n * clip
     error = noisy_sum - np.sum([u.astype(np.float64) for u in updates], axis=0)
-    assert error.std() == pytest.approx(plan.float_noise_std, rel=0.03)
+    assert error.std() == pytest.approx(plan.total_sigma_grid * plan.step, rel=0.03)
 
 
 def test_plan_from_spec_uses_min_reports_and_refuses_adaptive_clipping() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from scipy.stats import chisquare  # type: ignore[import-untyped]
+from secagg_support import finest_quantizer
 
 from fedfleet.privacy.secagg import (
     ClientRejected,
@@ -98,7 +99,7 @@ N, M = 100, 10_000
 def cohort() -> tuple[SecAggConfig, Quantizer, dict[int, np.ndarray], np.ndarray]:
     config = SecAggConfig.create(round_id=3, num_clients=N, vector_length=M, dropout_rate=0.3, session=SESSION)
     assert (config.degree, config.threshold) == (N - 1, 50)
-    quantizer = Quantizer.for_clients(N, clip=1.0, modulus_bits=config.modulus_bits)
+    quantizer = finest_quantizer(N, clip=1.0, modulus_bits=config.modulus_bits)
     rng = np.random.default_rng(42)
     floats = rng.normal(0.0, 0.5, size=(N, M))
     return config, quantizer, {u: quantizer.quantize(floats[u], rng) for u in range(N)}, floats
