@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
+from fedfleet.api.manifest import describe_validation_error
+from fedfleet.api.status import JobOutcome
 from fedfleet.runtime.records import RoundRecord
 
 log = logging.getLogger("fedfleet.aggregator.status")
@@ -79,8 +83,15 @@ def round_status(
 
 
 def outcome_status(reason: str, message: str = "") -> JSON:
-    """The status field that tells the operator the job is over (e.g. RoundsCompleted, PrivacyBudgetExhausted)."""
-    return {"outcome": {"reason": reason, "message": message}}
+    """The status field that tells the operator the job is over (e.g. RoundsCompleted, PrivacyBudgetExhausted).
+
+    Built through the status model the operator reads it with, so a reason the CRD would refuse (not
+    CamelCase) fails here, naming the field, instead of as a rejected patch in the background reporter."""
+    try:
+        outcome = JobOutcome(reason=reason, message=message)
+    except ValidationError as exc:
+        raise ValueError(f"status.outcome.{describe_validation_error(exc)}") from None
+    return {"outcome": outcome.model_dump(mode="json", by_alias=True)}
 
 
 @dataclass(frozen=True)

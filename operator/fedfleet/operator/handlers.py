@@ -32,7 +32,7 @@ import kopf
 from fedfleet.api.crd import PLURAL
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.api.status import FederatedJobStatus
-from fedfleet.operator import credentials, naming
+from fedfleet.operator import kube_credentials, naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.k8s import ApiError, ForeignObject, JobApi, KubeClient
 from fedfleet.operator.metrics import OperatorMetrics
@@ -81,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         from prometheus_client import CollectorRegistry
 
         metrics = OperatorMetrics(CollectorRegistry())
-    creds = credentials.load(CONFIG.kubeconfig)
+    creds = kube_credentials.load(CONFIG.kubeconfig)
     memo["state"] = OperatorState(CONFIG, JobApi(KubeClient.connect(creds)), metrics)
     log.info("fedfleet operator ready (aggregator image %s)", CONFIG.aggregator_image)
 
@@ -95,7 +95,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    creds = credentials.load(CONFIG.kubeconfig)
+    creds = kube_credentials.load(CONFIG.kubeconfig)
     token = creds.bearer()
     return kopf.ConnectionInfo(
         server=creds.server,

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from fedfleet.operator import handlers  # noqa: F401  (registers the handlers)
-    from fedfleet.operator.credentials import CredentialsError, load
+    from fedfleet.operator.kube_credentials import CredentialsError, load
     from fedfleet.operator.metrics import OperatorMetrics
 
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedfleet.operator.resources.configmap import build_configmap
-from fedfleet.operator.resources.credentials import JobCredentials, new_job_credentials
+from fedfleet.operator.resources.job_credentials import JobCredentials, new_job_credentials
 from fedfleet.operator.resources.pod import build_aggregator_pod, pod_spec_hash
 from fedfleet.operator.resources.rbac import build_role, build_rolebinding, build_service_account
 from fedfleet.operator.resources.secret import build_secret

@@ -27,7 +27,7 @@ class CredentialsError(Exception):
 
 
 @dataclass(frozen=True)
-class Credentials:
+class KubeCredentials:
     server: str
     ca_file: Path | None
     token_file: Path | None = None
@@ -42,7 +42,7 @@ class Credentials:
         return self.token
 
 
-def in_cluster(environ: Mapping[str, str] | None = None) -> Credentials:
+def in_cluster(environ: Mapping[str, str] | None = None) -> KubeCredentials:
     env = os.environ if environ is None else environ
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
     if not host or not port:
@@ -54,10 +54,10 @@ def in_cluster(environ: Mapping[str, str] | None = None) -> Credentials:
     namespace_file = sa / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.exists() else None
     server_host = f"[{host}]" if ":" in host else host
-    return Credentials(f"https://{server_host}:{port}", sa / "ca.crt", token_file=token, namespace=namespace)
+    return KubeCredentials(f"https://{server_host}:{port}", sa / "ca.crt", token_file=token, namespace=namespace)
 
 
-def from_kubeconfig(path: Path) -> Credentials:
+def from_kubeconfig(path: Path) -> KubeCredentials:
     """The current context of a kubeconfig. Embedded certificates are written to a private temp dir."""
     try:
         config: dict[str, Any] = yaml.safe_load(path.read_text())
@@ -82,7 +82,7 @@ def from_kubeconfig(path: Path) -> Credentials:
         target.write_bytes(base64.b64decode(source[data_key]))
         return target
 
-    return Credentials(
+    return KubeCredentials(
         server=str(cluster["server"]),
         ca_file=materialize("certificate-authority-data", "certificate-authority", cluster, "ca.crt"),
         token=user.get("token"),
@@ -93,7 +93,7 @@ def from_kubeconfig(path: Path) -> Credentials:
     )
 
 
-def load(kubeconfig: Path | None, environ: Mapping[str, str] | None = None) -> Credentials:
+def load(kubeconfig: Path | None, environ: Mapping[str, str] | None = None) -> KubeCredentials:
     """--kubeconfig when given, else in-cluster. Never falls back to ~/.kube/config or $KUBECONFIG: an
     operator must not silently act on whichever cluster the shell happens to point at."""
     return from_kubeconfig(kubeconfig) if kubeconfig is not None else in_cluster(environ)
