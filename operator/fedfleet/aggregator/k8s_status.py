@@ -1,9 +1,9 @@
 """The aggregator reports a job's progress by patching its FederatedJob's status.
 
 The operator runs the aggregator with a ServiceAccount that may only get and patch `federatedjobs/status` of
-its own job (`resourceNames`), and sets FEDFLEET_JOB_NAME / FEDFLEET_JOB_NAMESPACE. The reporter sends JSON
-merge patches of the fields the aggregator owns (see fedfleet.api.status) over HTTPS with the pod's token and
-the cluster CA — the standard library only: this package must not import a Kubernetes client.
+its own job (`resourceNames`), and names the job in the pod's environment (fedfleet.api.pod_environment). The
+reporter sends JSON merge patches of the fields the aggregator owns (see fedfleet.api.status) over HTTPS with
+the pod's token and the cluster CA — the standard library only: this package must not import a Kubernetes client.
 
 Reports never block the round loop: `report()` hands the latest progress to a background thread, which
 sends the newest one (older unsent ones are superseded) and retries with backoff while the API server is
@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import ssl
 import threading
 import urllib.error
@@ -28,27 +27,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedfleet.api import pod_environment
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.api.manifest import describe_validation_error
+from fedfleet.api.pod_environment import JobEnvironment
 from fedfleet.api.status import JobOutcome
 from fedfleet.runtime.records import RoundRecord
 
 log = logging.getLogger("fedfleet.aggregator.status")
 
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-ENV_JOB_NAME = "FEDFLEET_JOB_NAME"
-ENV_JOB_NAMESPACE = "FEDFLEET_JOB_NAMESPACE"
 REQUEST_TIMEOUT = 10.0
 BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 
 JSON = dict[str, Any]
 Sender = Callable[[JSON], None]
-
-
-def _under_root(path: str, environ: Mapping[str, str]) -> Path:
-    # The local node agent places mount paths under $FEDFLEET_ROOT (see fedfleet.operator.rootpath).
-    root = environ.get("FEDFLEET_ROOT")
-    return Path(root) / path.lstrip("/") if root else Path(path)
 
 
 def _now() -> str:
@@ -111,14 +103,11 @@ class ClusterTarget:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ClusterTarget | None:
         """The job's status endpoint when running in a cluster pod made by the operator; None otherwise."""
-        env = os.environ if environ is None else environ
-        host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-        name, namespace = env.get(ENV_JOB_NAME), env.get(ENV_JOB_NAMESPACE)
-        if not (host and port and name and namespace):
+        server, job = pod_environment.in_cluster_server(environ), JobEnvironment.from_environ(environ)
+        if server is None or job is None:
             return None
-        sa = _under_root(SA_DIR, env)
-        host = f"[{host}]" if ":" in host else host
-        return cls(f"https://{host}:{port}", sa / "ca.crt", sa / "token", namespace, name)
+        sa = pod_environment.service_account_dir(environ)
+        return cls(server, sa / "ca.crt", sa / "token", job.namespace, job.name)
 
     def send(self, status: JSON) -> None:
         """One merge patch; raises urllib.error.URLError / OSError on failure."""

@@ -6,8 +6,8 @@
 The pod's IP is known only once the pod runs, so the certificate cannot come from the operator: this step
 signs it with the job CA from the job's Secret (mounted into this container only). It writes `server.crt`,
 `server.key` and `ca.crt` into --out-dir, and `aggregator.yaml`: the template with the listen addresses set
-to --listen-host and every absolute path resolved under $FEDFLEET_ROOT (see rootpath). Exit status 0, or 2
-with one line naming what is wrong.
+to --listen-host and every absolute path resolved under $FEDFLEET_ROOT (see fedfleet.api.pod_environment).
+Exit status 0, or 2 with one line naming what is wrong.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from fedfleet.api.pod_environment import under_root
 from fedfleet.operator import naming
-from fedfleet.operator.rootpath import under_root
 from fedfleet.persist.atomic import atomic_write_bytes
 from fedfleet.security.certs import KeyPair, issue_server_cert
 

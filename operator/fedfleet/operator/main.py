@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedfleet.api import pod_environment
 from fedfleet.operator.config import OperatorConfig
 
 EXIT_BAD_INPUT = 2
@@ -23,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", type=Path, help="outside a cluster: this kubeconfig (never implicit)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 turns it off")
     p.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 turns it off")
-    p.add_argument("--bind", default=os.environ.get("POD_IP") or os.environ.get("FEDFLEET_POD_IP") or "0.0.0.0",
-                   help="address of the metrics and health ports (default: $POD_IP)")  # fmt: skip
+    pod_ip = os.environ.get(pod_environment.POD_IP) or os.environ.get(pod_environment.NODE_AGENT_POD_IP)
+    p.add_argument("--bind", default=pod_ip or "0.0.0.0",
+                   help=f"address of the metrics and health ports (default: ${pod_environment.POD_IP})")  # fmt: skip
     p.add_argument("--aggregator-image", default=defaults.aggregator_image)
     p.add_argument("--operator-image", default=defaults.operator_image, help="image of the aggregator's init step")
     p.add_argument("--state-storage", choices=("pvc", "emptyDir"), default=defaults.state_storage)
