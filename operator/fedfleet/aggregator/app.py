@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from fedfleet.api.aggregator_config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
@@ -25,7 +26,6 @@ from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
-from .config import AggregatorConfig
 from .coordinator import Coordinator, CoordinatorSettings, RoundCallback
 from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator, model_layout

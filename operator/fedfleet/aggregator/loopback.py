@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedfleet.api.aggregator_config import AggregatorConfig, AuthSection, Endpoint, TlsSection
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.persist.checkpoint import CheckpointError
 from fedfleet.runtime.local import RunExistsError, default_ledger_path
@@ -19,7 +20,6 @@ from fedfleet.runtime.task import build_task
 from fedfleet.sim.network_fleet import FleetReport, FleetSettings, run_fleet
 
 from .app import AggregatorApp, prepare_security
-from .config import AggregatorConfig, AuthSection, Endpoint, TlsSection
 from .coordinator import RoundCallback
 
 #: Wall seconds per simulated second of the demo fleet: the example job's devices take ~1–30 simulated
