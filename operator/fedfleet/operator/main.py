@@ -1,4 +1,7 @@
-"""`python -m fedfleet.operator` (and `fedfleet operator`): run the FederatedJob operator with kopf."""
+"""`python -m fedfleet.operator` (and `fedfleet operator`): run the FederatedJob operator with kopf.
+
+The settings from the flags reach the handlers in kopf's operator memo (fedfleet.operator.handlers), not
+through the process environment."""
 
 from __future__ import annotations
 
@@ -60,18 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    # The handlers module reads its settings from the environment when imported (that is how `kopf run -m`
-    # configures it too), so set them first.
-    os.environ.update(config.to_env())
     import kopf
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from fedfleet.operator import handlers  # noqa: F401  (registers the handlers)
+    from fedfleet.operator import handlers  # registers the handlers
     from fedfleet.operator.kube_credentials import CredentialsError, load
     from fedfleet.operator.metrics import OperatorMetrics
 
     try:
-        load(config.kubeconfig)  # fail fast, with one line, when there is no way to reach the API server
+        credentials = load(config.kubeconfig)  # fail fast, with one line, when the API server is out of reach
     except CredentialsError as exc:
         print(f"fedfleet operator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -85,6 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,
-        memo=kopf.Memo(metrics=metrics),
+        memo=handlers.operator_memo(config, metrics, credentials),
     )
     return 0
