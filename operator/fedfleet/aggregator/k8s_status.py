@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -32,7 +32,6 @@ from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.api.manifest import describe_validation_error
 from fedfleet.api.pod_environment import JobEnvironment
 from fedfleet.api.status import JobOutcome
-from fedfleet.runtime.records import RoundRecord
 
 log = logging.getLogger("fedfleet.aggregator.status")
 
@@ -41,6 +40,20 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 
 JSON = dict[str, Any]
 Sender = Callable[[JSON], None]
+
+
+class RoundFacts(Protocol):
+    """What the status needs of a finished round (the round records have it). A protocol rather than the
+    record type: the aggregator sits below the embedded runtime that defines the records."""
+
+    @property
+    def round(self) -> int: ...
+    @property
+    def participants(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def accuracy(self) -> float | None: ...
 
 
 def _now() -> str:
@@ -52,7 +65,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def round_status(
-    record: RoundRecord, churn: float | None = None, epsilon_spent: float | None = None, at: str | None = None
+    record: RoundFacts, churn: float | None = None, epsilon_spent: float | None = None, at: str | None = None
 ) -> JSON:
     """The status fields after a finished round (pure). Accuracy is kept from earlier rounds when this round
     had no server evaluation: a merge patch leaves absent fields alone."""
@@ -157,10 +170,10 @@ class StatusReporter:
 
     def on_round(
         self, churn: Callable[[], float | None], epsilon: Callable[[], float | None]
-    ) -> Callable[[RoundRecord], None]:
+    ) -> Callable[[RoundFacts], None]:
         """A round callback for the coordinator: reports each finished round."""
 
-        def callback(record: RoundRecord) -> None:
+        def callback(record: RoundFacts) -> None:
             self.report(round_status(record, churn(), epsilon()))
 
         return callback

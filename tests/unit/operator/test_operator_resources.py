@@ -11,7 +11,7 @@ import yaml
 from cryptography import x509
 from operator_jobs import job_body
 
-from fedfleet.api.aggregator_config import dump_config, load_config_job, parse_config
+from fedfleet.api.aggregator_config import CLUSTER_ONLY_FIELDS, dump_config, load_config_job, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
@@ -194,9 +194,7 @@ def test_configmap_is_an_aggregator_config_for_this_job(tmp_path: Path) -> None:
     config = parse_config(yaml.safe_load(text), "configmap")
     job = load_config_job(config, tmp_path, "test")
     assert (job.metadata.name, job.metadata.namespace) == ("digits", "team-a")  # tokens are for team-a/digits
-    assert job.spec.model_dump(exclude={"suspend", "active_deadline_seconds", "aggregator"}) == spec.model_dump(
-        exclude={"suspend", "active_deadline_seconds", "aggregator"}
-    )
+    assert job.spec.model_dump(exclude=set(CLUSTER_ONLY_FIELDS)) == spec.model_dump(exclude=set(CLUSTER_ONLY_FIELDS))
     assert job.spec.suspend is False  # cluster-only fields stay out: suspending is not a different job
     assert str(config.state_dir) == "/var/lib/fedfleet/state/0f1e2d3c-uid"
     assert (config.listen.port, config.http.port if config.http else None) == (50051, 9090)
