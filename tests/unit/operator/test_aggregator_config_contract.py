@@ -59,7 +59,7 @@ def test_cluster_only_fields_never_reach_the_aggregator() -> None:
     base = _built()
     operational = _built({**SPEC, "suspend": True, "activeDeadlineSeconds": 60, "aggregator": {"image": "a:2"}})
     assert operational.job == base.job  # suspending is not a different job to the aggregator or its checkpoint
-    assert not CLUSTER_ONLY_KEYS & set(base.job["spec"] if isinstance(base.job, dict) else {})
+    assert isinstance(base.job, dict) and not CLUSTER_ONLY_KEYS & set(base.job["spec"])
     different = _built({**SPEC, "rounds": 4})
     assert different.job != base.job
 
