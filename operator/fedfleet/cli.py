@@ -244,7 +244,7 @@ def _report(job: FederatedJob, out: Path) -> int:
 
 
 def _cmd_aggregator(args: argparse.Namespace) -> int:
-    from fedfleet.aggregator.config import ConfigError, load_config
+    from fedfleet.api.aggregator_config import ConfigError, load_config
 
     try:
         config, job = load_config(args.config)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.aggregator.app import AggregatorApp, Security
-from fedfleet.aggregator.config import AggregatorConfig, AuthSection, Endpoint, TlsSection
+from fedfleet.api.aggregator_config import AggregatorConfig, AuthSection, Endpoint, TlsSection
 from fedfleet.sim.network_fleet import FleetSettings
 
 #: Wall seconds per job second: a job's 60 s deadline becomes 1.2 s.

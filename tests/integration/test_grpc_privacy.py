@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedfleet.aggregator.app import AggregatorApp, final_outcome, prepare_security
-from fedfleet.aggregator.config import AggregatorConfig
+from fedfleet.api.aggregator_config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.privacy.ledger import PrivacyLedger
 from fedfleet.sim.network_fleet import FleetReport, run_fleet

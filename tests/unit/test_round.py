@@ -45,18 +45,36 @@ def test_weighted_average_of_accepted_updates() -> None:
     }
 
 
-def test_reports_after_target_or_deadline_are_late_and_discarded() -> None:
+def test_reports_after_the_round_filled_are_surplus_and_after_its_deadline_late() -> None:
     r = make_round(target=2)
     r.submit(update("a", 1.0), now=1)
     r.submit(update("b", 1.0), now=2)
     assert r.is_full
-    assert r.submit(update("c", 100.0), now=3) == Outcome.LATE
+    assert r.submit(update("c", 100.0), now=3) == Outcome.SURPLUS
     assert make_round().submit(update("d", 1.0), now=101) == Outcome.LATE
     result = r.close()
     assert result.aggregate is not None
     np.testing.assert_allclose(result.aggregate, 1.0)
-    assert result.count(Outcome.LATE) == 1
+    # "d" never reported to this round: the round filled, so it is a spare, not a loss.
+    assert result.outcomes == {
+        "a": Outcome.COMPLETED,
+        "b": Outcome.COMPLETED,
+        "c": Outcome.SURPLUS,
+        "d": Outcome.SURPLUS,
+    }
     assert result.bytes_received == 3 * DIM * 4
+
+
+def test_invitees_silent_at_the_close_are_surplus_if_the_round_filled_else_dropped() -> None:
+    filled = make_round(target=2)
+    filled.submit(update("a", 1.0), now=1)
+    filled.submit(update("b", 1.0), now=2)
+    assert filled.close().count(Outcome.SURPLUS) == 2
+    short = make_round(target=3)
+    short.submit(update("a", 1.0), now=1)
+    short.submit(update("b", 1.0), now=2)
+    outcomes = short.close().outcomes
+    assert (outcomes["c"], outcomes["d"]) == (Outcome.DROPPED, Outcome.DROPPED)
 
 
 def test_round_fails_below_min_reports() -> None:

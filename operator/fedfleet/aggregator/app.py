@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from fedfleet.api.aggregator_config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.engine.journal import EndKind, RunEnd, RunJournal
 from fedfleet.engine.loop import RoundCallback, RoundObserver, record_observer
@@ -28,7 +29,6 @@ from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
-from .config import AggregatorConfig
 from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator
 from .hub import DeviceHub, HubSettings
@@ -97,14 +97,9 @@ def create_grpc_server(
 
 
 def job_inputs(config: AggregatorConfig, job: FederatedJob) -> JobInputs:
-    """The model, held-out data and fleet size the configuration tells; where it is silent, the job's own
-    simulated fleet (`spec.simulation`, what `fedfleet device-sim` runs) is the fleet."""
-    sim = job.spec.simulation
-    evaluation = config.evaluation
-    dataset, test_samples = (
-        (evaluation.dataset, evaluation.test_samples) if evaluation else (sim.dataset, sim.test_samples)
-    )
-    return load_inputs(job.spec, dataset, test_samples, config.fleet_size or sim.devices)
+    """The model, held-out data and fleet size the configuration tells (see AggregatorConfig.evaluation_for)."""
+    evaluation = config.evaluation_for(job.spec)
+    return load_inputs(job.spec, evaluation.dataset, evaluation.test_samples, config.fleet_size_for(job.spec))
 
 
 class AggregatorApp:

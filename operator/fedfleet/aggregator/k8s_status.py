@@ -1,9 +1,9 @@
 """The aggregator reports a job's progress by patching its FederatedJob's status.
 
 The operator runs the aggregator with a ServiceAccount that may only get and patch `federatedjobs/status` of
-its own job (`resourceNames`), and sets FEDFLEET_JOB_NAME / FEDFLEET_JOB_NAMESPACE. The reporter sends JSON
-merge patches of the fields the aggregator owns (see fedfleet.api.status) over HTTPS with the pod's token and
-the cluster CA — the standard library only: this package must not import a Kubernetes client.
+its own job (`resourceNames`), and names the job in the pod's environment (fedfleet.api.pod_environment). The
+reporter sends JSON merge patches of the fields the aggregator owns (see fedfleet.api.status) over HTTPS with
+the pod's token and the cluster CA — the standard library only: this package must not import a Kubernetes client.
 
 Reports never block the round loop: `report()` hands the latest progress to a background thread, which
 sends the newest one (older unsent ones are superseded) and retries with backoff while the API server is
@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import ssl
 import threading
 import urllib.error
@@ -24,16 +23,18 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from fedfleet.api import pod_environment
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
-from fedfleet.engine.records import RoundRecord
+from fedfleet.api.manifest import describe_validation_error
+from fedfleet.api.pod_environment import JobEnvironment
+from fedfleet.api.status import JobOutcome
 
 log = logging.getLogger("fedfleet.aggregator.status")
 
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-ENV_JOB_NAME = "FEDFLEET_JOB_NAME"
-ENV_JOB_NAMESPACE = "FEDFLEET_JOB_NAMESPACE"
 REQUEST_TIMEOUT = 10.0
 BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 
@@ -41,10 +42,18 @@ JSON = dict[str, Any]
 Sender = Callable[[JSON], None]
 
 
-def _under_root(path: str, environ: Mapping[str, str]) -> Path:
-    # The local node agent places mount paths under $FEDFLEET_ROOT (see fedfleet.operator.rootpath).
-    root = environ.get("FEDFLEET_ROOT")
-    return Path(root) / path.lstrip("/") if root else Path(path)
+class RoundFacts(Protocol):
+    """What the status needs of a finished round (the round records have it). A protocol rather than the
+    record type: the aggregator sits below the embedded runtime that defines the records."""
+
+    @property
+    def round(self) -> int: ...
+    @property
+    def participants(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def accuracy(self) -> float | None: ...
 
 
 def _now() -> str:
@@ -56,7 +65,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def round_status(
-    record: RoundRecord, churn: float | None = None, epsilon_spent: float | None = None, at: str | None = None
+    record: RoundFacts, churn: float | None = None, epsilon_spent: float | None = None, at: str | None = None
 ) -> JSON:
     """The status fields after a finished round (pure). Accuracy is kept from earlier rounds when this round
     had no server evaluation: a merge patch leaves absent fields alone."""
@@ -79,8 +88,15 @@ def round_status(
 
 
 def outcome_status(reason: str, message: str = "") -> JSON:
-    """The status field that tells the operator the job is over (e.g. RoundsCompleted, PrivacyBudgetExhausted)."""
-    return {"outcome": {"reason": reason, "message": message}}
+    """The status field that tells the operator the job is over (e.g. RoundsCompleted, PrivacyBudgetExhausted).
+
+    Built through the status model the operator reads it with, so a reason the CRD would refuse (not
+    CamelCase) fails here, naming the field, instead of as a rejected patch in the background reporter."""
+    try:
+        outcome = JobOutcome(reason=reason, message=message)
+    except ValidationError as exc:
+        raise ValueError(f"status.outcome.{describe_validation_error(exc)}") from None
+    return {"outcome": outcome.model_dump(mode="json", by_alias=True)}
 
 
 @dataclass(frozen=True)
@@ -100,14 +116,11 @@ class ClusterTarget:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ClusterTarget | None:
         """The job's status endpoint when running in a cluster pod made by the operator; None otherwise."""
-        env = os.environ if environ is None else environ
-        host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-        name, namespace = env.get(ENV_JOB_NAME), env.get(ENV_JOB_NAMESPACE)
-        if not (host and port and name and namespace):
+        server, job = pod_environment.in_cluster_server(environ), JobEnvironment.from_environ(environ)
+        if server is None or job is None:
             return None
-        sa = _under_root(SA_DIR, env)
-        host = f"[{host}]" if ":" in host else host
-        return cls(f"https://{host}:{port}", sa / "ca.crt", sa / "token", namespace, name)
+        sa = pod_environment.service_account_dir(environ)
+        return cls(server, sa / "ca.crt", sa / "token", job.namespace, job.name)
 
     def send(self, status: JSON) -> None:
         """One merge patch; raises urllib.error.URLError / OSError on failure."""
@@ -157,10 +170,10 @@ class StatusReporter:
 
     def on_round(
         self, churn: Callable[[], float | None], epsilon: Callable[[], float | None]
-    ) -> Callable[[RoundRecord], None]:
+    ) -> Callable[[RoundFacts], None]:
         """A round callback for the coordinator: reports each finished round."""
 
-        def callback(record: RoundRecord) -> None:
+        def callback(record: RoundFacts) -> None:
             self.report(round_status(record, churn(), epsilon()))
 
         return callback

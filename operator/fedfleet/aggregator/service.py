@@ -2,7 +2,8 @@
 
 Thin on purpose: domain errors become status codes here and nowhere else, so the hub and the
 engine stay free of gRPC. Every refusal carries a one-line message and, in the trailing metadata
-`fedfleet-error`, a stable machine-readable reason the device SDK branches on.
+`fedfleet-error`, a stable machine-readable reason the device SDK branches on (fedfleet.proto.refusals: the
+domain's reasons are translated into the protocol's here).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 from fedfleet.engine.round import UpdateRejected
 from fedfleet.engine.types import Outcome, RejectReason
 from fedfleet.proto import codec
+from fedfleet.proto.refusals import ERROR_KEY, Refusal
 from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier
@@ -24,8 +26,6 @@ from .hub import BadReport, DeviceHub, DeviceUnknown, ModelVersionGone, TaskView
 from .secure_round import SecureRound, SecureRoundRefused
 
 R = TypeVar("R")
-
-ERROR_KEY = "fedfleet-error"
 
 REJECTION_CODES: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.NOT_IN_COHORT: grpc.StatusCode.FAILED_PRECONDITION,
@@ -43,18 +43,36 @@ REJECTION_CODES: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.SECAGG_MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
+#: The protocol's name for each rejection of an update. Spelled out rather than derived from the engine's
+#: values: the wire strings must stay as they are even if the engine's labels change.
+REJECTION_REFUSALS: dict[RejectReason, Refusal] = {
+    RejectReason.NOT_IN_COHORT: Refusal.NOT_IN_COHORT,
+    RejectReason.WRONG_ROUND: Refusal.WRONG_ROUND,
+    RejectReason.DUPLICATE: Refusal.DUPLICATE,
+    RejectReason.SHAPE: Refusal.SHAPE,
+    RejectReason.DTYPE: Refusal.DTYPE,
+    RejectReason.LAYOUT: Refusal.LAYOUT,
+    RejectReason.NON_FINITE: Refusal.NON_FINITE,
+    RejectReason.BAD_WEIGHT: Refusal.BAD_WEIGHT,
+    RejectReason.TOO_LARGE: Refusal.TOO_LARGE,
+    RejectReason.CORRUPT: Refusal.CORRUPT,
+    RejectReason.ROUND_CLOSED: Refusal.ROUND_CLOSED,
+    RejectReason.SECURE_ONLY: Refusal.SECURE_ONLY,
+    RejectReason.SECAGG_MALFORMED: Refusal.SECAGG_MALFORMED,
+}
+
 #: Secure-aggregation refusals (SecureRoundRefused.reason). Only `secagg_malformed` drops the device for
 #: misbehaving; the others say the device cannot (any longer) take part in this round's stage.
-SECURE_CODES: dict[str, grpc.StatusCode] = {
-    "wrong_round": grpc.StatusCode.OUT_OF_RANGE,
-    "not_in_cohort": grpc.StatusCode.FAILED_PRECONDITION,
-    "secagg_off": grpc.StatusCode.FAILED_PRECONDITION,
-    "secagg_malformed": grpc.StatusCode.INVALID_ARGUMENT,
-    "secagg_excluded": grpc.StatusCode.FAILED_PRECONDITION,
-    "secagg_stage_closed": grpc.StatusCode.FAILED_PRECONDITION,
-    "secagg_aborted": grpc.StatusCode.FAILED_PRECONDITION,
-    "round_closed": grpc.StatusCode.FAILED_PRECONDITION,
-    "corrupt": grpc.StatusCode.DATA_LOSS,
+SECURE_CODES: dict[Refusal, grpc.StatusCode] = {
+    Refusal.WRONG_ROUND: grpc.StatusCode.OUT_OF_RANGE,
+    Refusal.NOT_IN_COHORT: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.SECAGG_OFF: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.SECAGG_MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    Refusal.SECAGG_EXCLUDED: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.SECAGG_STAGE_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.SECAGG_ABORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.ROUND_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.CORRUPT: grpc.StatusCode.DATA_LOSS,
 }
 
 TOKEN_CODES: dict[TokenProblem, grpc.StatusCode] = {
@@ -65,9 +83,17 @@ TOKEN_CODES: dict[TokenProblem, grpc.StatusCode] = {
     TokenProblem.EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
+TOKEN_REFUSALS: dict[TokenProblem, Refusal] = {
+    TokenProblem.MISSING: Refusal.TOKEN_MISSING,
+    TokenProblem.MALFORMED: Refusal.TOKEN_MALFORMED,
+    TokenProblem.BAD_SIGNATURE: Refusal.TOKEN_BAD_SIGNATURE,
+    TokenProblem.WRONG_JOB: Refusal.TOKEN_WRONG_JOB,
+    TokenProblem.EXPIRED: Refusal.TOKEN_EXPIRED,
+}
 
-async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: str) -> NoReturn:
-    await context.abort(code, message, trailing_metadata=((ERROR_KEY, reason),))
+
+async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: Refusal) -> NoReturn:
+    await context.abort(code, message, trailing_metadata=((ERROR_KEY, reason.value),))
     raise AssertionError("context.abort returned")  # it always raises
 
 
@@ -88,7 +114,7 @@ class AggregatorService:
         try:
             return self._verifier.verify(token).device_id
         except TokenError as err:
-            await _abort(context, TOKEN_CODES[err.problem], err.message, f"token_{err.problem.value}")
+            await _abort(context, TOKEN_CODES[err.problem], err.message, TOKEN_REFUSALS[err.problem])
 
     def _observe(self, method: str, started: float) -> None:
         self._coordinator.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
@@ -101,7 +127,7 @@ class AggregatorService:
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"device_id {request.device_id!r} does not match the token's device {device_id!r}",
-                "device_mismatch",
+                Refusal.DEVICE_MISMATCH,
             )
         coordinator = self._coordinator
         coordinator.check_in(device_id, request)
@@ -119,7 +145,7 @@ class AggregatorService:
         try:
             task = await self._coordinator.next_task(device_id, request.availability, request.wait_seconds)
         except DeviceUnknown as err:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err), "not_checked_in")
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err), Refusal.NOT_CHECKED_IN)
         return self._task_message(task)
 
     def _task_message(self, task: TaskView) -> pb.Task:
@@ -149,7 +175,7 @@ class AggregatorService:
         try:
             snapshot = self._coordinator.model(request.model_version)
         except ModelVersionGone as err:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(err), "model_version_gone")
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(err), Refusal.MODEL_VERSION_GONE)
         yield pb.ModelChunk(
             header=pb.ModelHeader(
                 model_version=snapshot.version,
@@ -170,9 +196,8 @@ class AggregatorService:
         try:
             result = await self._coordinator.upload(device_id, request_iterator)
         except UpdateRejected as err:
-            await _abort(
-                context, REJECTION_CODES[err.reason], f"update rejected ({err.reason}): {err.message}", err.reason
-            )
+            refusal = REJECTION_REFUSALS[err.reason]
+            await _abort(context, REJECTION_CODES[err.reason], f"update rejected ({refusal}): {err.message}", refusal)
         self._observe("UploadUpdate", started)
         return pb.UploadResponse(
             result=pb.UploadResponse.ACCEPTED if result.outcome == Outcome.COMPLETED else pb.UploadResponse.LATE,
@@ -185,7 +210,7 @@ class AggregatorService:
         try:
             accepted = self._coordinator.report_evaluation(device_id, request)
         except BadReport as err:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), "bad_report")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), Refusal.BAD_REPORT)
         return pb.ReportEvaluationResponse(accepted=accepted, next_round=self._coordinator.next_round)
 
     # ---- secure aggregation: each call waits until its stage closes -------------------------------------
@@ -223,4 +248,7 @@ class AggregatorService:
 
 
 async def _refuse(context: Any, err: SecureRoundRefused) -> NoReturn:
-    await _abort(context, SECURE_CODES.get(err.reason, grpc.StatusCode.FAILED_PRECONDITION), err.message, err.reason)
+    # The secure round names its reasons as plain strings; each must be one of the protocol's (a test checks
+    # every one it raises), so an unknown one is a server bug and fails loudly here rather than on devices.
+    refusal = Refusal(err.reason)
+    await _abort(context, SECURE_CODES.get(refusal, grpc.StatusCode.FAILED_PRECONDITION), err.message, refusal)

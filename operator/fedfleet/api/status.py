@@ -90,7 +90,7 @@ class Condition(StatusModel):
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation the condition was set from.")
 
 
-class Outcome(StatusModel):
+class JobOutcome(StatusModel):
     """How the aggregator ended the job, written once it stops for good."""
 
     reason: str = Field(..., min_length=1, max_length=1024, pattern=REASON_PATTERN, description="e.g. RoundsCompleted.")
@@ -128,7 +128,7 @@ class FederatedJobStatus(StatusModel):
     epsilon_spent: float | None = Field(None, ge=0, description="Differential-privacy ε spent so far.")
     accuracy: float | None = Field(None, ge=0, le=1, description="Server-side test accuracy of the latest model.")
     last_round_time: str | None = Field(None, json_schema_extra=_DATE_TIME, description="When the latest round ended.")
-    outcome: Outcome | None = Field(None, description="How the aggregator ended the job.")
+    outcome: JobOutcome | None = Field(None, description="How the aggregator ended the job.")
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

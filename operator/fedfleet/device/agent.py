@@ -20,6 +20,7 @@ import grpc
 
 from fedfleet.models.vector import Vector
 from fedfleet.proto import codec
+from fedfleet.proto.refusals import Refusal
 
 from .client import AggregatorError, Capabilities, DeviceClient, Model, Task
 from .retry import Backoff
@@ -119,7 +120,7 @@ class DeviceAgent:
     async def _recover(self, err: AggregatorError) -> None:
         if err.code in FATAL_CODES:
             raise err
-        if err.reason == "not_checked_in":
+        if err.reason == Refusal.NOT_CHECKED_IN:
             log.info("%s: unknown to the aggregator (restarted?): checking in again", self.client.device_id)
             await self._check_in()  # the aggregator restarted and forgot this device
             return
@@ -201,7 +202,7 @@ class DeviceAgent:
             if not left_round(err):
                 raise
             log.info("%s: out of secure round %d: %s", self.client.device_id, task.round, err)
-            if err.reason == "round_closed":
+            if err.reason == Refusal.ROUND_CLOSED:
                 self.stats.late += 1
             else:
                 self.stats.left_secure_rounds += 1

@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from fedfleet.models.vector import Vector
-from fedfleet.proto import codec
+from fedfleet.proto import codec, refusals
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
 
@@ -37,7 +37,6 @@ from .retry import Backoff
 T = TypeVar("T")
 log = logging.getLogger("fedfleet.device")
 
-ERROR_KEY = "fedfleet-error"  # trailing metadata with the server's reason for a refusal
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED})
 #: Extra time a long-poll call gets beyond the wait it asks for, before the client gives up on it.
 POLL_MARGIN_SECONDS = 5.0
@@ -54,7 +53,10 @@ _KINDS: dict[int, TaskKind] = {
 
 
 class AggregatorError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str | None = None) -> None:
+    """A call the aggregator refused (or that failed for good). `reason` is the server's machine-readable reason
+    (fedfleet.proto.refusals.Refusal), None when it gave none or one this SDK does not know."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: refusals.Refusal | None = None) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -68,8 +70,8 @@ class AggregatorError(Exception):
     def from_rpc(cls, err: grpc.aio.AioRpcError) -> AggregatorError:
         reason = None
         for key, value in err.trailing_metadata() or ():
-            if key == ERROR_KEY and isinstance(value, str):
-                reason = value
+            if key == refusals.ERROR_KEY and isinstance(value, str):
+                reason = refusals.parse(value)
         return cls(err.code(), err.details() or "", reason)
 
 
@@ -240,7 +242,9 @@ class DeviceClient:
                     buffer += chunk.data
             if header is None or len(buffer) != header.total_bytes or codec.sha256(buffer) != header.sha256:
                 # Damaged in transit: worth another try, like a dropped connection.
-                raise AggregatorError(grpc.StatusCode.ABORTED, "model download was incomplete or corrupted", "corrupt")
+                raise AggregatorError(
+                    grpc.StatusCode.ABORTED, "model download was incomplete or corrupted", refusals.Refusal.CORRUPT
+                )
             weights = np.asarray(codec.decode_vector(buffer, header.dtype), dtype=np.float32)
             return Model(header.model_version, weights, codec.layout_from_proto(header.layout))
 

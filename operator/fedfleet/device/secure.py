@@ -28,15 +28,11 @@ from numpy.typing import NDArray
 
 from fedfleet.privacy.secagg import MaskedInput, SecAggAborted, SecAggClient, ShareBundle
 from fedfleet.proto import secagg_wire as wire
+from fedfleet.proto.refusals import LEFT_ROUND as LEFT_ROUND_REASONS  # leaving them is not the device's fault
 
 from .client import AggregatorError, DeviceClient, Task
 
 R = TypeVar("R")
-
-#: Refusals that end this device's part in the round without anything being wrong with the device.
-LEFT_ROUND_REASONS = frozenset(
-    {"secagg_excluded", "secagg_aborted", "secagg_stage_closed", "round_closed", "wrong_round"}
-)
 
 
 class SecureRoundRefusedByDevice(Exception):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedfleet.api.aggregator_config import CLUSTER_ONLY_KEYS as _RUNTIME_ONLY_FIELDS  # what the digest ignores
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.engine.cohort import select_cohort
 from fedfleet.engine.round import RoundConfig, TrainingRound
@@ -24,11 +25,6 @@ from fedfleet.strategies.factory import build_strategy
 
 if TYPE_CHECKING:  # the caller builds it; the engine never imports the DP libraries itself
     from fedfleet.privacy.job import JobPrivacy
-
-
-#: Fields that say how and where a job runs in a cluster, not what it computes: changing them (suspending a
-#: job, moving its aggregator to another image or port) must not stop it from resuming its checkpoint.
-_RUNTIME_ONLY_FIELDS = frozenset({"suspend", "activeDeadlineSeconds", "aggregator"})
 
 
 def spec_digest(spec: FederatedJobSpec) -> str:

@@ -5,9 +5,10 @@
 
 The pod's IP is known only once the pod runs, so the certificate cannot come from the operator: this step
 signs it with the job CA from the job's Secret (mounted into this container only). It writes `server.crt`,
-`server.key` and `ca.crt` into --out-dir, and `aggregator.yaml`: the template with the listen addresses set
-to --listen-host and every absolute path resolved under $FEDFLEET_ROOT (see rootpath). Exit status 0, or 2
-with one line naming what is wrong.
+`server.key` and `ca.crt` into --out-dir, and `aggregator.yaml`: the template (read and written with the
+aggregator's own model, fedfleet.api.aggregator_config) with the listen addresses set to --listen-host and
+every absolute path resolved under $FEDFLEET_ROOT (see fedfleet.api.pod_environment).
+Exit status 0, or 2 with one line naming what is wrong.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from fedfleet.api.aggregator_config import AggregatorConfig, ConfigError, dump_config, read_config
+from fedfleet.api.pod_environment import under_root
 from fedfleet.operator import naming
-from fedfleet.operator.rootpath import under_root
 from fedfleet.persist.atomic import atomic_write_bytes
 from fedfleet.security.certs import KeyPair, issue_server_cert
 
@@ -32,25 +31,9 @@ class InitError(Exception):
     pass
 
 
-def finalize_config(template: dict[str, Any], listen_host: str, environ: Mapping[str, str]) -> dict[str, Any]:
-    """The template with listen addresses set and file paths resolved under FEDFLEET_ROOT (pure)."""
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in template.items()}
-    for section in ("listen", "http"):
-        if isinstance(config.get(section), dict):
-            config[section]["host"] = listen_host
-
-    def at(value: object) -> object:
-        return str(under_root(value, environ)) if isinstance(value, str) else value
-
-    if isinstance(config.get("tls"), dict):
-        for key in ("cert", "key", "ca"):
-            if key in config["tls"]:
-                config["tls"][key] = at(config["tls"][key])
-    if isinstance(config.get("auth"), dict) and "tokenKey" in config["auth"]:
-        config["auth"]["tokenKey"] = at(config["auth"]["tokenKey"])
-    if "stateDir" in config:
-        config["stateDir"] = at(config["stateDir"])
-    return config
+def finalize_config(template: AggregatorConfig, listen_host: str, environ: Mapping[str, str]) -> AggregatorConfig:
+    """The template listening on `listen_host`, with absolute paths resolved under FEDFLEET_ROOT (pure)."""
+    return template.with_listen_host(listen_host).map_paths(lambda path: under_root(path, environ))
 
 
 def prepare(
@@ -60,13 +43,12 @@ def prepare(
     ca_dir, template, out_dir = (under_root(p, environ) for p in (ca_dir, template, out_dir))
     try:
         ca = KeyPair((ca_dir / naming.CA_CERT).read_bytes(), (ca_dir / naming.CA_KEY).read_bytes())
-        loaded = yaml.safe_load(template.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InitError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InitError(f"{template}: YAML syntax error: {str(exc).splitlines()[0]}") from None
-    if not isinstance(loaded, dict):
-        raise InitError(f"{template}: expected a mapping of settings")
+    try:
+        config = finalize_config(read_config(template), listen_host, environ)
+    except ConfigError as exc:
+        raise InitError(str(exc)) from None
     names = [h for h in dict.fromkeys([listen_host, *hosts]) if h and h not in ("0.0.0.0", "::")]
     try:
         server = issue_server_cert(ca, names)
@@ -77,9 +59,8 @@ def prepare(
     atomic_write_bytes(out_dir / naming.SERVER_CERT, server.cert_pem)
     atomic_write_bytes(out_dir / naming.SERVER_KEY, server.key_pem)
     (out_dir / naming.SERVER_KEY).chmod(0o600)
-    config = finalize_config(loaded, listen_host, environ)
     target = out_dir / naming.CONFIG_FILE
-    atomic_write_bytes(target, yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode("utf-8"))
+    atomic_write_bytes(target, dump_config(config).encode("utf-8"))
     return target
 
 

@@ -1,5 +1,7 @@
 """Operator settings: images, ports, storage and timing, from the command line (`python -m fedfleet.operator`)
-or the environment (`kopf run -m fedfleet.operator.handlers`)."""
+or the environment (`kopf run -m fedfleet.operator.handlers`, read by its startup handler).
+
+Either way the handlers get them from kopf's operator memo (see fedfleet.operator.handlers)."""
 
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class OperatorConfig:
         )
 
     def to_env(self) -> dict[str, str]:
-        """The environment that makes from_env() return this config (how main() hands it to the handlers)."""
+        """The environment that makes from_env() return this config (to run the same operator with `kopf run -m`)."""
         env = {
             "AGGREGATOR_IMAGE": self.aggregator_image,
             "IMAGE": self.operator_image,

@@ -3,10 +3,14 @@
     kopf run -m fedfleet.operator.handlers --standalone --all-namespaces   # settings from FEDFLEET_OPERATOR_*
     python -m fedfleet.operator --all-namespaces                          # the same, with flags (main.py)
 
+Settings travel in kopf's operator memo, which kopf hands to every handler: main() puts its OperatorConfig
+there (`operator_memo`); under `kopf run -m` the startup handler reads FEDFLEET_OPERATOR_* when the operator
+starts. Nothing is read at import, so importing this module never depends on the environment.
+
 What triggers a reconciliation: the job's creation, a spec change, the operator's (re)start (`resume`), a
-change of one of its aggregator pods, and a timer every `resync_seconds` (deadlines, progress reported by
-the aggregator, children deleted by hand). Each reconciliation reads the job and its children afresh, so the
-trigger carries no information and a missed one costs at most one timer interval. A per-job lock keeps two
+change of one of its aggregator pods, and every `resync_seconds` (deadlines, progress reported by the
+aggregator, children deleted by hand). Each reconciliation reads the job and its children afresh, so the
+trigger carries no information and a missed one costs at most one resync interval. A per-job lock keeps two
 triggers of the same job from interleaving in this process.
 
 Persistence choices (kopf `settings.persistence`):
@@ -32,14 +36,14 @@ import kopf
 from fedfleet.api.crd import PLURAL
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.api.status import FederatedJobStatus
-from fedfleet.operator import credentials, naming
+from fedfleet.operator import kube_credentials, naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.k8s import ApiError, ForeignObject, JobApi, KubeClient
+from fedfleet.operator.kube_credentials import KubeCredentials
 from fedfleet.operator.metrics import OperatorMetrics
 from fedfleet.operator.reconcile import reconcile
 from fedfleet.operator.resources import new_job_credentials
 
-CONFIG = OperatorConfig.from_env()
 FINALIZER = f"{API_GROUP}/finalizer"
 RETRY_DELAY = 5.0
 # Watch streams: the API server ends each watch after SERVER_TIMEOUT seconds and kopf starts a new one; a
@@ -48,16 +52,36 @@ RETRY_DELAY = 5.0
 SERVER_TIMEOUT = 60
 CLIENT_TIMEOUT = 90
 CONNECT_TIMEOUT = 10
+#: How long a job's resync loop may take to finish a reconciliation once the job or the operator goes.
+CANCELLATION_TIMEOUT = 30.0
+
+# Keys of the operator memo that main() fills in (see operator_memo); `kopf run -m` leaves them out.
+MEMO_CONFIG, MEMO_METRICS, MEMO_CREDENTIALS, MEMO_STATE = "config", "metrics", "credentials", "state"
 
 log = logging.getLogger("fedfleet.operator")
 
 
 @dataclass
 class OperatorState:
+    """What every handler works with, made once by the startup handler and kept in the operator memo."""
+
     config: OperatorConfig
+    credentials: KubeCredentials
     api: JobApi
     metrics: OperatorMetrics
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+
+def operator_memo(
+    config: OperatorConfig, metrics: OperatorMetrics, credentials: KubeCredentials | None = None
+) -> kopf.Memo:
+    """The memo main() passes to `kopf.run`: its settings, its metrics (served on its registry) and the
+    credentials it already checked."""
+    memo = kopf.Memo()
+    memo[MEMO_CONFIG], memo[MEMO_METRICS] = config, metrics
+    if credentials is not None:
+        memo[MEMO_CREDENTIALS] = credentials
+    return memo
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -76,26 +100,36 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    metrics = memo.get("metrics")
+    config: OperatorConfig | None = memo.get(MEMO_CONFIG)
+    creds: KubeCredentials | None = memo.get(MEMO_CREDENTIALS)
+    try:
+        if config is None:  # `kopf run -m`: the environment, read now that the operator starts
+            config = OperatorConfig.from_env()
+        if creds is None:
+            creds = kube_credentials.load(config.kubeconfig)
+    except (ValueError, kube_credentials.CredentialsError) as exc:
+        # Waiting cannot fix a bad setting or a missing cluster: stop the operator with the reason.
+        raise kopf.PermanentError(str(exc)) from None
+    metrics: OperatorMetrics | None = memo.get(MEMO_METRICS)
     if metrics is None:  # `kopf run -m`: metrics on a private registry, not served
         from prometheus_client import CollectorRegistry
 
         metrics = OperatorMetrics(CollectorRegistry())
-    creds = credentials.load(CONFIG.kubeconfig)
-    memo["state"] = OperatorState(CONFIG, JobApi(KubeClient.connect(creds)), metrics)
-    log.info("fedfleet operator ready (aggregator image %s)", CONFIG.aggregator_image)
+    memo[MEMO_STATE] = OperatorState(config, creds, JobApi(KubeClient.connect(creds)), metrics)
+    log.info("fedfleet operator ready (aggregator image %s)", config.aggregator_image)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    state: OperatorState | None = memo.get("state")
+    state: OperatorState | None = memo.get(MEMO_STATE)
     if state is not None:
         await state.api.client.close()
 
 
 @kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
-    creds = credentials.load(CONFIG.kubeconfig)
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    # kopf logs in only after the startup handlers have run, so the credentials they loaded are there.
+    creds = _state(memo).credentials
     token = creds.bearer()
     return kopf.ConnectionInfo(
         server=creds.server,
@@ -111,29 +145,46 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
-async def job_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await reconcile_job(memo["state"], namespace or "default", name)
+async def job_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await reconcile_job(_state(memo), namespace or "default", name)
 
 
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
-async def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await reconcile_job(memo["state"], namespace or "default", name)
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=CANCELLATION_TIMEOUT, backoff=RETRY_DELAY * 6)
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Reconciles the job every `resync_seconds` while it exists. A daemon rather than a kopf timer: a timer's
+    interval is fixed when its decorator runs, at import, before the operator's settings are known."""
+    state = _state(memo)
+    where = f"{namespace or 'default'}/{name}"
+    delay = state.config.resync_seconds
+    while not await stopped.wait(delay):
+        delay = state.config.resync_seconds
+        try:
+            await reconcile_job(state, namespace or "default", name)
+        except kopf.TemporaryError as exc:
+            # As a timer would: the next attempt comes after the error's own delay.
+            delay = exc.delay if exc.delay is not None else delay
+            log.info("job %s: %s (retrying in %ss)", where, exc, delay)
 
 
 @kopf.on.event("v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_JOB: kopf.PRESENT})
-async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     try:
-        await reconcile_job(memo["state"], namespace or "default", labels[naming.LABEL_JOB])
+        await reconcile_job(_state(memo), namespace or "default", labels[naming.LABEL_JOB])
     except kopf.TemporaryError as exc:
-        log.info("job %s/%s: %s (the timer retries)", namespace, labels[naming.LABEL_JOB], exc)
+        log.info("job %s/%s: %s (the resync retries)", namespace, labels[naming.LABEL_JOB], exc)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
-async def job_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def job_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     # The children go by garbage collection (owner references); the pod gets SIGTERM and its grace period.
-    state: OperatorState = memo["state"]
+    state = _state(memo)
     state.metrics.forget_job(namespace or "default", name)
     state.locks.pop((namespace or "default", name), None)
+
+
+def _state(memo: kopf.Memo) -> OperatorState:
+    state: OperatorState = memo[MEMO_STATE]
+    return state
 
 
 async def reconcile_job(state: OperatorState, namespace: str, name: str) -> None:

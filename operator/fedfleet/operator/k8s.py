@@ -16,8 +16,8 @@ import aiohttp
 
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.operator import naming
-from fedfleet.operator.credentials import Credentials
 from fedfleet.operator.job import JobRef
+from fedfleet.operator.kube_credentials import KubeCredentials
 from fedfleet.operator.reconcile import EventSpec, Observed, Plan
 
 JSON = dict[str, Any]
@@ -68,12 +68,12 @@ def job_path(namespace: str, name: str, subresource: str = "") -> str:
 
 
 class KubeClient:
-    def __init__(self, credentials: Credentials, session: aiohttp.ClientSession) -> None:
+    def __init__(self, credentials: KubeCredentials, session: aiohttp.ClientSession) -> None:
         self._credentials = credentials
         self._session = session
 
     @classmethod
-    def connect(cls, credentials: Credentials) -> KubeClient:
+    def connect(cls, credentials: KubeCredentials) -> KubeClient:
         """Call from inside the running event loop (aiohttp binds the session to it)."""
         context = ssl.create_default_context(cafile=str(credentials.ca_file) if credentials.ca_file else None)
         if credentials.cert_file is not None and credentials.key_file is not None:

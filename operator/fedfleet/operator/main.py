@@ -1,4 +1,7 @@
-"""`python -m fedfleet.operator` (and `fedfleet operator`): run the FederatedJob operator with kopf."""
+"""`python -m fedfleet.operator` (and `fedfleet operator`): run the FederatedJob operator with kopf.
+
+The settings from the flags reach the handlers in kopf's operator memo (fedfleet.operator.handlers), not
+through the process environment."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedfleet.api import pod_environment
 from fedfleet.operator.config import OperatorConfig
 
 EXIT_BAD_INPUT = 2
@@ -23,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", type=Path, help="outside a cluster: this kubeconfig (never implicit)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 turns it off")
     p.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 turns it off")
-    p.add_argument("--bind", default=os.environ.get("POD_IP") or os.environ.get("FEDFLEET_POD_IP") or "0.0.0.0",
-                   help="address of the metrics and health ports (default: $POD_IP)")  # fmt: skip
+    pod_ip = os.environ.get(pod_environment.POD_IP) or os.environ.get(pod_environment.NODE_AGENT_POD_IP)
+    p.add_argument("--bind", default=pod_ip or "0.0.0.0",
+                   help=f"address of the metrics and health ports (default: ${pod_environment.POD_IP})")  # fmt: skip
     p.add_argument("--aggregator-image", default=defaults.aggregator_image)
     p.add_argument("--operator-image", default=defaults.operator_image, help="image of the aggregator's init step")
     p.add_argument("--state-storage", choices=("pvc", "emptyDir"), default=defaults.state_storage)
@@ -58,18 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    # The handlers module reads its settings from the environment when imported (that is how `kopf run -m`
-    # configures it too), so set them first.
-    os.environ.update(config.to_env())
     import kopf
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from fedfleet.operator import handlers  # noqa: F401  (registers the handlers)
-    from fedfleet.operator.credentials import CredentialsError, load
+    from fedfleet.operator import handlers  # registers the handlers
+    from fedfleet.operator.kube_credentials import CredentialsError, load
     from fedfleet.operator.metrics import OperatorMetrics
 
     try:
-        load(config.kubeconfig)  # fail fast, with one line, when there is no way to reach the API server
+        credentials = load(config.kubeconfig)  # fail fast, with one line, when the API server is out of reach
     except CredentialsError as exc:
         print(f"fedfleet operator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -83,6 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,
-        memo=kopf.Memo(metrics=metrics),
+        memo=handlers.operator_memo(config, metrics, credentials),
     )
     return 0

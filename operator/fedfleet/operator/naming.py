@@ -22,7 +22,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_POD_HASH = f"{API_GROUP}/pod-spec-hash"
 
 # Where things are inside the aggregator pod. Programs resolve these under $FEDFLEET_ROOT when it is set
-# (the local node agent runs pods as processes, with each mountPath under the pod's directory).
+# (the local node agent runs pods as processes, with each mountPath under the pod's directory; see
+# fedfleet.api.pod_environment, which also names the pod's environment variables).
 CA_DIR = "/etc/fedfleet/ca"  # the job CA (certificate and key): mounted into the init container only
 AUTH_DIR = "/etc/fedfleet/auth"  # the device-token key
 CONFIG_DIR = "/etc/fedfleet/config"  # the aggregator configuration template (ConfigMap)
@@ -32,10 +33,6 @@ STATE_DIR = "/var/lib/fedfleet/state"  # checkpoints: a PersistentVolumeClaim, s
 CONFIG_FILE = "aggregator.yaml"
 CA_CERT, CA_KEY, TOKEN_KEY = "ca.crt", "ca.key", "token.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
-
-# Environment of the aggregator container, read by fedfleet.aggregator.k8s_status.
-ENV_JOB_NAME = "FEDFLEET_JOB_NAME"
-ENV_JOB_NAMESPACE = "FEDFLEET_JOB_NAMESPACE"
 
 
 def aggregator_name(job: str) -> str:

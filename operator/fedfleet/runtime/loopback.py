@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedfleet.aggregator.app import AggregatorApp, prepare_security
-from fedfleet.aggregator.config import AggregatorConfig, AuthSection, Endpoint, EvaluationSection, TlsSection
+from fedfleet.api.aggregator_config import AggregatorConfig, AuthSection, Endpoint, EvaluationData, TlsSection
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.engine.journal import RunJournal
 from fedfleet.engine.loop import RoundCallback
@@ -55,9 +55,7 @@ def loopback_config(
         ledger_path=ledger_path or default_ledger_path(),
         # The simulated fleet is the job's fleet: its size plans DP, its dataset is the model's data.
         fleet_size=job.spec.simulation.devices,
-        evaluation=EvaluationSection(
-            dataset=job.spec.simulation.dataset, test_samples=job.spec.simulation.test_samples
-        ),
+        evaluation=EvaluationData(dataset=job.spec.simulation.dataset, test_samples=job.spec.simulation.test_samples),
         time_scale=time_scale,
         settle_seconds=0.5,
         poll_seconds=5.0,

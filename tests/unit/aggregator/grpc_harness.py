@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from fedfleet.aggregator.app import AggregatorApp, Security
-from fedfleet.aggregator.config import AggregatorConfig, Endpoint
+from fedfleet.api.aggregator_config import AggregatorConfig, Endpoint
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.api.manifest import parse_job
 from fedfleet.device.client import Capabilities, DeviceClient, Task

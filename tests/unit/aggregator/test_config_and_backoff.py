@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.aggregator.config import ConfigError, load_config
+from fedfleet.api.aggregator_config import ConfigError, load_config
 from fedfleet.device.retry import Backoff
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

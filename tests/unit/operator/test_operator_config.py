@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedfleet.operator.config import OperatorConfig
-from fedfleet.operator.credentials import CredentialsError, in_cluster
+from fedfleet.operator.kube_credentials import CredentialsError, in_cluster
 
 
 def test_settings_round_trip_through_the_environment() -> None:

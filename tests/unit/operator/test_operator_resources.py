@@ -11,12 +11,13 @@ import yaml
 from cryptography import x509
 from operator_jobs import job_body
 
-from fedfleet.aggregator.config import AggregatorConfig, load_config_job
+from fedfleet.api.aggregator_config import CLUSTER_ONLY_FIELDS, dump_config, load_config_job, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.resources import (
     JobCredentials,
+    aggregator_config,
     build_aggregator_pod,
     build_configmap,
     build_role,
@@ -27,7 +28,6 @@ from fedfleet.operator.resources import (
     build_state_claim,
     pod_spec_hash,
 )
-from fedfleet.operator.resources.configmap import aggregator_config
 
 CONFIG = OperatorConfig()
 
@@ -39,13 +39,13 @@ def _spec(body: dict[str, Any]) -> FederatedJobSpec:
 def _children(credentials: JobCredentials) -> list[dict[str, Any]]:
     body = job_body()
     spec = _spec(body)
-    text = build_configmap(body, spec)["data"][naming.CONFIG_FILE]
+    text = dump_config(aggregator_config(body, spec))
     return [
         build_service_account(body),
         build_role(body),
         build_rolebinding(body),
         build_secret(body, credentials),
-        build_configmap(body, spec),
+        build_configmap(body, text),
         build_state_claim(body, CONFIG),
         build_service(body, spec),
         build_aggregator_pod(body, spec, CONFIG, text),
@@ -190,13 +190,11 @@ def test_empty_dir_state_needs_no_claim() -> None:
 def test_configmap_is_an_aggregator_config_for_this_job(tmp_path: Path) -> None:
     body = job_body({**job_body()["spec"], "suspend": True, "activeDeadlineSeconds": 60})
     spec = _spec(body)
-    text = build_configmap(body, spec)["data"]["aggregator.yaml"]
-    config = AggregatorConfig.model_validate(yaml.safe_load(text), by_alias=True, by_name=False)
+    text = build_configmap(body, dump_config(aggregator_config(body, spec)))["data"]["aggregator.yaml"]
+    config = parse_config(yaml.safe_load(text), "configmap")
     job = load_config_job(config, tmp_path, "test")
     assert (job.metadata.name, job.metadata.namespace) == ("digits", "team-a")  # tokens are for team-a/digits
-    assert job.spec.model_dump(exclude={"suspend", "active_deadline_seconds", "aggregator"}) == spec.model_dump(
-        exclude={"suspend", "active_deadline_seconds", "aggregator"}
-    )
+    assert job.spec.model_dump(exclude=set(CLUSTER_ONLY_FIELDS)) == spec.model_dump(exclude=set(CLUSTER_ONLY_FIELDS))
     assert job.spec.suspend is False  # cluster-only fields stay out: suspending is not a different job
     assert str(config.state_dir) == "/var/lib/fedfleet/state/0f1e2d3c-uid"
     assert (config.listen.port, config.http.port if config.http else None) == (50051, 9090)
@@ -208,7 +206,7 @@ def test_aggregator_config_differs_between_jobs_of_the_same_name() -> None:
     first, second = job_body(), job_body()
     second["metadata"]["uid"] = "another-uid"
     spec = _spec(first)
-    assert aggregator_config(first, spec)["stateDir"] != aggregator_config(second, spec)["stateDir"]
+    assert aggregator_config(first, spec).state_dir != aggregator_config(second, spec).state_dir
 
 
 @pytest.mark.parametrize("cpu", ["500m", "2", "0.5", "1e3"])

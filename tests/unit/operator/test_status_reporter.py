@@ -47,6 +47,12 @@ def test_round_status_has_the_fields_the_aggregator_owns() -> None:
     }
 
 
+def test_an_outcome_the_status_schema_refuses_fails_before_it_is_sent() -> None:
+    # The operator reads `outcome` with the same model (JobOutcome): a reason it would refuse never leaves.
+    with pytest.raises(ValueError, match=r"^status\.outcome\.reason: "):
+        outcome_status("rounds completed")
+
+
 def test_target_comes_from_the_pod_environment(tmp_path: Path) -> None:
     env = {
         "KUBERNETES_SERVICE_HOST": "127.0.0.1",

@@ -19,6 +19,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedfleet.api.aggregator_config import dump_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.api.status import Condition, ConditionType, FederatedJobStatus, Phase, Reason
 from fedfleet.operator import naming
@@ -27,6 +28,7 @@ from fedfleet.operator.job import InvalidSpec, JobRef
 from fedfleet.operator.reconcile.conditions import is_true, parse_rfc3339, rfc3339, set_condition
 from fedfleet.operator.resources import (
     JobCredentials,
+    aggregator_config,
     build_aggregator_pod,
     build_configmap,
     build_role,
@@ -141,7 +143,9 @@ def reconcile(
         draft.delete_pod = old.is_true(ConditionType.FAILED) and pod is not None and not terminating
         return draft.plan()
 
-    _ensure_children(draft, observed, spec, config, credentials)
+    # Rendered once: the ConfigMap holds this text and the pod's hash covers it.
+    config_text = dump_config(aggregator_config(job.body, spec))
+    _ensure_children(draft, observed, spec, config, config_text, credentials)
 
     if spec.suspend:
         _suspend(draft, stop=pod is not None and not terminating)
@@ -158,7 +162,7 @@ def reconcile(
         _fail(draft, Reason.DEADLINE_EXCEEDED, message, stop=pod is not None and not terminating)
         return draft.plan()
 
-    _drive_pod(draft, observed, spec, config, terminating)
+    _drive_pod(draft, observed, spec, config, config_text, terminating)
     return draft.plan()
 
 
@@ -166,10 +170,15 @@ def reconcile(
 
 
 def _ensure_children(
-    draft: _Draft, observed: Observed, spec: FederatedJobSpec, config: OperatorConfig, creds: JobCredentials | None
+    draft: _Draft,
+    observed: Observed,
+    spec: FederatedJobSpec,
+    config: OperatorConfig,
+    config_text: str,
+    creds: JobCredentials | None,
 ) -> None:
     body = draft.job.body
-    configmap = build_configmap(body, spec)
+    configmap = build_configmap(body, config_text)
     wanted: list[JSON] = [build_service_account(body), build_role(body), build_rolebinding(body)]
     if "Secret" not in observed.present:
         if creds is None:
@@ -247,12 +256,16 @@ def _init_terminal(draft: _Draft) -> None:
 
 
 def _drive_pod(
-    draft: _Draft, observed: Observed, spec: FederatedJobSpec, config: OperatorConfig, terminating: bool
+    draft: _Draft,
+    observed: Observed,
+    spec: FederatedJobSpec,
+    config: OperatorConfig,
+    config_text: str,
+    terminating: bool,
 ) -> None:
     _init_terminal(draft)
     body, pod = draft.job.body, observed.pod
-    configmap_text = build_configmap(body, spec)["data"][naming.CONFIG_FILE]
-    desired = build_aggregator_pod(body, spec, config, configmap_text)
+    desired = build_aggregator_pod(body, spec, config, config_text)
     pending = draft.old.phase in (None, Phase.PENDING)
     if pod is None:
         draft.create.append(desired)

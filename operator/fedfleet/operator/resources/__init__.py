@@ -5,8 +5,8 @@ On the operator's floor; no Kubernetes API calls here (operator/k8s.py makes the
 
 from __future__ import annotations
 
-from fedfleet.operator.resources.configmap import build_configmap
-from fedfleet.operator.resources.credentials import JobCredentials, new_job_credentials
+from fedfleet.operator.resources.configmap import aggregator_config, build_configmap
+from fedfleet.operator.resources.job_credentials import JobCredentials, new_job_credentials
 from fedfleet.operator.resources.pod import build_aggregator_pod, pod_spec_hash
 from fedfleet.operator.resources.rbac import build_role, build_rolebinding, build_service_account
 from fedfleet.operator.resources.secret import build_secret
@@ -15,6 +15,7 @@ from fedfleet.operator.resources.storage import build_state_claim
 
 __all__ = [
     "JobCredentials",
+    "aggregator_config",
     "build_aggregator_pod",
     "build_configmap",
     "build_role",

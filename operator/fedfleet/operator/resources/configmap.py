@@ -1,4 +1,5 @@
-"""The aggregator's configuration (the format of `fedfleet aggregator --config`), as a ConfigMap.
+"""The aggregator's configuration (`fedfleet aggregator --config`, typed in fedfleet.api.aggregator_config), as a
+ConfigMap.
 
 It is a template: the init step fills in the pod's own address (the aggregator listens on it: on the local
 node agent all pods share one network namespace) and writes the final file next to the server certificate.
@@ -7,50 +8,52 @@ The job goes in inline with its namespace, so the aggregator accepts only tokens
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJobSpec
+from fedfleet.api.aggregator_config import (
+    AggregatorConfig,
+    AuthSection,
+    Endpoint,
+    EvaluationData,
+    TlsSection,
+    job_manifest,
+)
+from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import naming
 from fedfleet.operator.resources.storage import state_dir
 
-#: Spec fields only the operator acts on; left out so the aggregator's view of the job stays the same
-#: when they change (suspending must not look like a different job to the checkpoint).
-CLUSTER_ONLY_FIELDS = frozenset({"suspend", "active_deadline_seconds", "aggregator"})
+#: What the template listens on until the init step puts the pod's own address in.
+ANY_HOST = "0.0.0.0"
 
 
-def aggregator_config(job: dict[str, Any], spec: FederatedJobSpec) -> dict[str, Any]:
+def aggregator_config(job: dict[str, Any], spec: FederatedJobSpec) -> AggregatorConfig:
+    """The configuration template of `job`'s aggregator (pure)."""
     meta = job["metadata"]
-    run = naming.RUN_DIR
-    return {
-        "job": {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": KIND,
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-            "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=set(CLUSTER_ONLY_FIELDS)),
-        },
-        "listen": {"host": "0.0.0.0", "port": spec.aggregator.port},
-        "http": {"host": "0.0.0.0", "port": spec.aggregator.http_port},
-        "tls": {
-            "cert": f"{run}/{naming.SERVER_CERT}",
-            "key": f"{run}/{naming.SERVER_KEY}",
-            "ca": f"{run}/{naming.CA_CERT}",
-            "generate": False,
-        },
-        "auth": {"tokenKey": f"{naming.AUTH_DIR}/{naming.TOKEN_KEY}", "generate": False},
-        "stateDir": state_dir(job),
-    }
+    run = Path(naming.RUN_DIR)
+    # The fleet in the cluster is the one `fedfleet device-sim` runs from the same spec: spec.simulation says
+    # how many devices it has and which data the server holds out for evaluation.
+    sim = spec.simulation
+    return AggregatorConfig(
+        job=job_manifest(meta["name"], meta["namespace"], spec),
+        listen=Endpoint(host=ANY_HOST, port=spec.aggregator.port),
+        http=Endpoint(host=ANY_HOST, port=spec.aggregator.http_port),
+        tls=TlsSection(
+            cert=run / naming.SERVER_CERT, key=run / naming.SERVER_KEY, ca=run / naming.CA_CERT, generate=False
+        ),
+        auth=AuthSection(token_key=Path(naming.AUTH_DIR) / naming.TOKEN_KEY, generate=False),
+        state_dir=Path(state_dir(job)),
+        fleet_size=sim.devices,
+        evaluation=EvaluationData(dataset=sim.dataset, test_samples=sim.test_samples),
+    )
 
 
-def render_config(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-
-
-def build_configmap(job: dict[str, Any], spec: FederatedJobSpec) -> dict[str, Any]:
+def build_configmap(job: dict[str, Any], config_text: str) -> dict[str, Any]:
+    """The ConfigMap holding `config_text` (`dump_config(aggregator_config(...))`, rendered once per reconcile:
+    the pod's hash is computed from the same text)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": naming.child_metadata(job, naming.aggregator_name(job["metadata"]["name"])),
-        "data": {naming.CONFIG_FILE: render_config(aggregator_config(job, spec))},
+        "data": {naming.CONFIG_FILE: config_text},
     }

@@ -18,7 +18,9 @@ import hashlib
 import json
 from typing import Any
 
+from fedfleet.api import pod_environment
 from fedfleet.api.federatedjob import FederatedJobSpec
+from fedfleet.api.pod_environment import JobEnvironment
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 
@@ -72,8 +74,8 @@ def _volumes(job: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]
 
 def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfig) -> dict[str, Any]:
     meta = job["metadata"]
-    pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    hosts = [arg for host in ["$(POD_IP)", *service_hosts(job)] for arg in ("--host", host)]
+    pod_ip = pod_environment.reference(pod_environment.POD_IP)
+    hosts = [arg for host in [pod_ip, *service_hosts(job)] for arg in ("--host", host)]
     prepare = {
         "name": "prepare",
         "image": config.operator_image,
@@ -82,10 +84,10 @@ def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfi
             f"--ca-dir={naming.CA_DIR}",
             f"--template={naming.CONFIG_DIR}/{naming.CONFIG_FILE}",
             f"--out-dir={naming.RUN_DIR}",
-            "--listen-host=$(POD_IP)",
+            f"--listen-host={pod_ip}",
             *hosts,
         ],
-        "env": [pod_ip],
+        "env": [pod_environment.pod_ip_env()],
         "volumeMounts": [
             {"name": "ca", "mountPath": naming.CA_DIR, "readOnly": True},
             {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
@@ -98,9 +100,8 @@ def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfi
         "args": ["aggregator", "--config", f"{naming.RUN_DIR.lstrip('/')}/{naming.CONFIG_FILE}"],
         "workingDir": "/",
         "env": [
-            pod_ip,
-            {"name": naming.ENV_JOB_NAME, "value": meta["name"]},
-            {"name": naming.ENV_JOB_NAMESPACE, "value": meta["namespace"]},
+            pod_environment.pod_ip_env(),
+            *JobEnvironment(meta["name"], meta["namespace"]).container_env(),
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
         "ports": [

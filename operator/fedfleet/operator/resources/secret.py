@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from fedfleet.operator import naming
-from fedfleet.operator.resources.credentials import JobCredentials
+from fedfleet.operator.resources.job_credentials import JobCredentials
 
 
 def build_secret(job: dict[str, Any], credentials: JobCredentials) -> dict[str, Any]:

@@ -1,14 +1,13 @@
 """How the operator authenticates to the API server: in-cluster (its ServiceAccount token, re-read on every
 request because projected tokens rotate) or from a kubeconfig (client certificate or token).
 
-In a cluster the token and CA are at /var/run/secrets/kubernetes.io/serviceaccount, resolved under
-$FEDFLEET_ROOT when it is set (the local node agent runs pods as processes).
+In a cluster the token and CA are in the pod's ServiceAccount directory, resolved under $FEDFLEET_ROOT when it
+is set (the local node agent runs pods as processes; see fedfleet.api.pod_environment).
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ from typing import Any
 
 import yaml
 
-from fedfleet.operator.rootpath import under_root
-
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+from fedfleet.api import pod_environment
 
 
 class CredentialsError(Exception):
@@ -27,7 +24,7 @@ class CredentialsError(Exception):
 
 
 @dataclass(frozen=True)
-class Credentials:
+class KubeCredentials:
     server: str
     ca_file: Path | None
     token_file: Path | None = None
@@ -42,22 +39,22 @@ class Credentials:
         return self.token
 
 
-def in_cluster(environ: Mapping[str, str] | None = None) -> Credentials:
-    env = os.environ if environ is None else environ
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        raise CredentialsError("not in a cluster: KUBERNETES_SERVICE_HOST/PORT are not set (use --kubeconfig)")
-    sa = under_root(SA_DIR, env)
+def in_cluster(environ: Mapping[str, str] | None = None) -> KubeCredentials:
+    server = pod_environment.in_cluster_server(environ)
+    if server is None:
+        raise CredentialsError(
+            f"not in a cluster: {pod_environment.KUBERNETES_SERVICE_HOST}/PORT are not set (use --kubeconfig)"
+        )
+    sa = pod_environment.service_account_dir(environ)
     token = sa / "token"
     if not token.exists():
         raise CredentialsError(f"no service-account token at {token}")
     namespace_file = sa / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.exists() else None
-    server_host = f"[{host}]" if ":" in host else host
-    return Credentials(f"https://{server_host}:{port}", sa / "ca.crt", token_file=token, namespace=namespace)
+    return KubeCredentials(server, sa / "ca.crt", token_file=token, namespace=namespace)
 
 
-def from_kubeconfig(path: Path) -> Credentials:
+def from_kubeconfig(path: Path) -> KubeCredentials:
     """The current context of a kubeconfig. Embedded certificates are written to a private temp dir."""
     try:
         config: dict[str, Any] = yaml.safe_load(path.read_text())
@@ -82,7 +79,7 @@ def from_kubeconfig(path: Path) -> Credentials:
         target.write_bytes(base64.b64decode(source[data_key]))
         return target
 
-    return Credentials(
+    return KubeCredentials(
         server=str(cluster["server"]),
         ca_file=materialize("certificate-authority-data", "certificate-authority", cluster, "ca.crt"),
         token=user.get("token"),
@@ -93,7 +90,7 @@ def from_kubeconfig(path: Path) -> Credentials:
     )
 
 
-def load(kubeconfig: Path | None, environ: Mapping[str, str] | None = None) -> Credentials:
+def load(kubeconfig: Path | None, environ: Mapping[str, str] | None = None) -> KubeCredentials:
     """--kubeconfig when given, else in-cluster. Never falls back to ~/.kube/config or $KUBECONFIG: an
     operator must not silently act on whichever cluster the shell happens to point at."""
     return from_kubeconfig(kubeconfig) if kubeconfig is not None else in_cluster(environ)

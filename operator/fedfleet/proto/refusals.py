@@ -1,0 +1,73 @@
+"""Why the aggregator refused a call: the machine-readable reasons it sends and the device SDK branches on.
+
+Every refusal from the aggregator's servicer (fedfleet.aggregator.service) carries a gRPC status code, a
+one-line message for humans and, in the trailing metadata `fedfleet-error` (ERROR_KEY), one of these reasons.
+The device SDK (fedfleet.device) reads them back to decide what to do next: check in again, count a late
+update, leave a secure round quietly. Both sides import this module, so a reason is spelled once.
+
+The strings are part of the fedfleet.v1 protocol: devices in the field match on them. Never change one; add
+new ones (a device that does not know a reason treats the refusal by its status code alone).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+#: The trailing-metadata key that carries the reason.
+ERROR_KEY = "fedfleet-error"
+
+
+class Refusal(StrEnum):
+    # --- who is calling ------------------------------------------------------------------------------------
+    TOKEN_MISSING = "token_missing"  # no bearer token
+    TOKEN_MALFORMED = "token_malformed"  # not a fedfleet device token
+    TOKEN_BAD_SIGNATURE = "token_bad_signature"  # not signed with this job's key
+    TOKEN_WRONG_JOB = "token_wrong_job"  # a token of another job
+    TOKEN_EXPIRED = "token_expired"
+    DEVICE_MISMATCH = "device_mismatch"  # the request names another device than the token
+    NOT_CHECKED_IN = "not_checked_in"  # unknown device (the aggregator restarted): check in again
+    # --- model download and evaluation reports -------------------------------------------------------------
+    MODEL_VERSION_GONE = "model_version_gone"  # that version is no longer served: ask for a new task
+    BAD_REPORT = "bad_report"  # an evaluation report that breaks a rule
+    # --- plaintext updates (one per fedfleet.engine.types.RejectReason) ------------------------------------
+    NOT_IN_COHORT = "not_in_cohort"
+    WRONG_ROUND = "wrong_round"
+    DUPLICATE = "duplicate"
+    SHAPE = "shape"
+    DTYPE = "dtype"
+    LAYOUT = "layout"
+    NON_FINITE = "non_finite"
+    BAD_WEIGHT = "bad_weight"
+    TOO_LARGE = "too_large"
+    CORRUPT = "corrupt"
+    ROUND_CLOSED = "round_closed"  # the round closed before the update arrived: it counts as late
+    SECURE_ONLY = "secure_only"  # a plaintext update in a round that runs secure aggregation
+    SECAGG_MALFORMED = "secagg_malformed"  # a secure-aggregation message failed validation
+    # --- secure-aggregation stages -------------------------------------------------------------------------
+    SECAGG_OFF = "secagg_off"  # a secure-aggregation call in a job without it
+    SECAGG_EXCLUDED = "secagg_excluded"  # this device is no longer part of the round's protocol
+    SECAGG_STAGE_CLOSED = "secagg_stage_closed"  # the stage the message belongs to is over
+    SECAGG_ABORTED = "secagg_aborted"  # the round's protocol failed (too few devices left)
+
+
+#: Refusals that end a device's part in a round without anything being wrong with the device.
+LEFT_ROUND: frozenset[Refusal] = frozenset(
+    {
+        Refusal.SECAGG_EXCLUDED,
+        Refusal.SECAGG_ABORTED,
+        Refusal.SECAGG_STAGE_CLOSED,
+        Refusal.ROUND_CLOSED,
+        Refusal.WRONG_ROUND,
+    }
+)
+
+
+def parse(value: str | None) -> Refusal | None:
+    """The reason a refusal carried; None when there was none, or it is one this code does not know (a newer
+    server's)."""
+    if value is None:
+        return None
+    try:
+        return Refusal(value)
+    except ValueError:
+        return None
