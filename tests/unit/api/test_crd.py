@@ -22,7 +22,7 @@ from fedfleet.api import crd
 from fedfleet.api.federatedjob import FederatedJobSpec, SpecError
 from fedfleet.api.status import AGGREGATOR_FIELDS, FederatedJobStatus
 
-COMMITTED = Path(__file__).resolve().parents[2] / "crds" / "federatedjob.yaml"
+COMMITTED = Path(__file__).resolve().parents[3] / "crds" / "federatedjob.yaml"
 
 # What a structural schema node may carry in this CRD; anything else is a generator bug.
 ALLOWED_KEYS = {

@@ -250,7 +250,7 @@ def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
 
 EXAMPLE_JOBS = sorted(
     p
-    for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")
+    for p in (Path(__file__).resolve().parents[3] / "examples").glob("*.yaml")
     if "kind: FederatedJob" in p.read_text()
 )
 
