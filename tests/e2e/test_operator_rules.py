@@ -56,6 +56,12 @@ CEL_CASES: dict[str, dict[str, Any]] = {
     },
     "secure-aggregation-needs-two-reports": {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": _SECAGG},
     "differential-privacy-needs-a-noise-level": {"privacy": {"differentialPrivacy": {"mode": "central"}}},
+    "distributed-noise-has-a-fixed-clip-norm": {
+        "privacy": {
+            **_SECAGG,
+            "differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0, "adaptiveClipping": True},
+        }
+    },
 }
 
 

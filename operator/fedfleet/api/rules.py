@@ -196,4 +196,16 @@ CROSS_FIELD_RULES: tuple[Rule, ...] = (
             or s.privacy.differential_privacy.target_epsilon is not None
         ),
     ),
+    Rule(
+        # Before this rule, only the aggregator refused it, at run time, when it planned the noise
+        # (skellam_plan_from_spec in privacy/dp/distributed.py): the job was accepted, then its pod failed.
+        name="distributed-noise-has-a-fixed-clip-norm",
+        field="privacy.differentialPrivacy.adaptiveClipping",
+        message="must be false when privacy.differentialPrivacy.mode is distributed: adaptive clipping would need "
+        "the count of clipped updates summed under secure aggregation too, which fedfleet does not do yet",
+        cel=f"{_DP}.mode != 'distributed' || !{_DP}.adaptiveClipping",
+        holds=lambda s: (
+            s.privacy.differential_privacy.mode != "distributed" or not s.privacy.differential_privacy.adaptive_clipping
+        ),
+    ),
 )

@@ -274,6 +274,28 @@ def test_dp_needs_a_noise_multiplier_or_a_target_epsilon() -> None:
     assert message.startswith("spec.privacy.differentialPrivacy.noiseMultiplier: set noiseMultiplier")
 
 
+def test_distributed_noise_refuses_adaptive_clipping() -> None:
+    # Refused before any pod starts: the aggregator could only refuse it when it plans the noise.
+    message = _error(
+        _job(
+            "rounds: 3\nprivacy:\n  secureAggregation: {enabled: true}\n"
+            "  differentialPrivacy: {mode: distributed, noiseMultiplier: 1.0, adaptiveClipping: true}"
+        )
+    )
+    assert message.startswith(
+        "spec.privacy.differentialPrivacy.adaptiveClipping: must be false when privacy.differentialPrivacy.mode is "
+        "distributed: "
+    )
+    assert message.endswith("(got True)")
+
+
+def test_central_dp_with_adaptive_clipping_is_accepted() -> None:
+    job = parse_job(
+        _job("rounds: 3\nprivacy: {differentialPrivacy: {mode: central, noiseMultiplier: 1.0, adaptiveClipping: true}}")
+    )
+    assert job.spec.privacy.differential_privacy.adaptive_clipping
+
+
 def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
     job = parse_job(
         _job(

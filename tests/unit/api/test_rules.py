@@ -54,6 +54,9 @@ BREAKS: dict[str, dict[str, Any]] = {
     },
     "secure-aggregation-needs-two-reports": {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": _SECAGG},
     "differential-privacy-needs-a-noise-level": {"privacy": {"differentialPrivacy": {"mode": "central"}}},
+    "distributed-noise-has-a-fixed-clip-norm": {
+        "privacy": {**_SECAGG, "differentialPrivacy": {"mode": "distributed", "adaptiveClipping": True, **_NOISE}}
+    },
 }
 RULE_IDS = [rule.name for rule in CROSS_FIELD_RULES]
 
