@@ -26,33 +26,43 @@ from operator_support import (
 from pydantic import ValidationError
 
 from fedfleet.api.federatedjob import FederatedJobSpec, SpecError
+from fedfleet.api.rules import CROSS_FIELD_RULES, Rule
 
 pytestmark = pytest.mark.e2e
 
-# One manifest per CEL rule of the CRD, and the field each must be refused for (by the API server and by
-# the models alike).
+# Per rule of the table (by name), changes to the example job that break that rule: the API server must
+# refuse the manifest naming the rule's field, and the models must refuse it for the same rule.
 _SECAGG = {"secureAggregation": {"enabled": True}}
 _CENTRAL = {"differentialPrivacy": {"mode": "central", "noiseMultiplier": 1.0}}
 _FULL_COHORT = {"clientsPerRound": 5, "minReports": 5}
-CEL_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("cohort.minReports", {"cohort": {"clientsPerRound": 4, "minReports": 5}}),
-    ("cohort.clientsPerRound", {"cohort": {"clientsPerRound": 7, "minReports": 3}}),
-    ("evaluation.federatedClients", {"evaluation": {"federatedEvery": 2, "federatedClients": 7}}),
-    ("aggregation.byzantineCount", {"aggregation": {"strategy": "krum", "byzantineCount": 1}}),
-    (
-        "aggregation.multiKrumSelect",
-        {"aggregation": {"strategy": "multiKrum", "multiKrumSelect": 6}, "cohort": _FULL_COHORT},
-    ),
-    ("aggregation.strategy", {"aggregation": {"strategy": "median"}, "privacy": _SECAGG}),
-    ("cohort.minReports", {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": _SECAGG}),
-    (
-        "privacy.differentialPrivacy.mode",
-        {"privacy": {"differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0}}},
-    ),
-    ("aggregation.strategy", {"aggregation": {"strategy": "krum"}, "cohort": _FULL_COHORT, "privacy": _CENTRAL}),
-    ("privacy.differentialPrivacy.noiseMultiplier", {"privacy": {"differentialPrivacy": {"mode": "central"}}}),
-    ("aggregator.httpPort", {"aggregator": {"port": 7000, "httpPort": 7000}}),
-]
+CEL_CASES: dict[str, dict[str, Any]] = {
+    "ports-differ": {"aggregator": {"port": 7000, "httpPort": 7000}},
+    "min-reports-within-cohort": {"cohort": {"clientsPerRound": 4, "minReports": 5}},
+    "cohort-within-fleet": {"cohort": {"clientsPerRound": 7, "minReports": 3}},
+    "federated-evaluation-within-fleet": {"evaluation": {"federatedEvery": 2, "federatedClients": 7}},
+    "krum-has-enough-reports": {"aggregation": {"strategy": "krum", "byzantineCount": 1}},
+    "multi-krum-selects-from-reports": {
+        "aggregation": {"strategy": "multiKrum", "multiKrumSelect": 6},
+        "cohort": _FULL_COHORT,
+    },
+    "secure-aggregation-needs-a-sum-strategy": {"aggregation": {"strategy": "median"}, "privacy": _SECAGG},
+    "distributed-noise-needs-secure-aggregation": {
+        "privacy": {"differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0}}
+    },
+    "differential-privacy-needs-a-sum-strategy": {
+        "aggregation": {"strategy": "krum"},
+        "cohort": _FULL_COHORT,
+        "privacy": _CENTRAL,
+    },
+    "secure-aggregation-needs-two-reports": {"cohort": {"clientsPerRound": 3, "minReports": 1}, "privacy": _SECAGG},
+    "differential-privacy-needs-a-noise-level": {"privacy": {"differentialPrivacy": {"mode": "central"}}},
+    "distributed-noise-has-a-fixed-clip-norm": {
+        "privacy": {
+            **_SECAGG,
+            "differentialPrivacy": {"mode": "distributed", "noiseMultiplier": 1.0, "adaptiveClipping": True},
+        }
+    },
+}
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -73,19 +83,22 @@ def rules_namespace(kube: KubeApi, operator_release: dict[str, Any]) -> str:
     return new_namespace(kube, "e2e-rules")
 
 
-@pytest.mark.parametrize(("field", "changes"), CEL_CASES, ids=[f"{i}-{f}" for i, (f, _) in enumerate(CEL_CASES)])
+@pytest.mark.parametrize("rule", CROSS_FIELD_RULES, ids=[rule.name for rule in CROSS_FIELD_RULES])
 def test_each_cel_rule_rejects_with_the_field_named(
-    control_plane: cluster.ControlPlane, rules_namespace: str, field: str, changes: dict[str, Any]
+    control_plane: cluster.ControlPlane, rules_namespace: str, rule: Rule
 ) -> None:
-    manifest = _manifest("cel-case", changes)
-    # The models refuse it for the same field: `fedfleet run` and the cluster agree on what a valid job is.
+    assert rule.name in CEL_CASES, f"no manifest breaks rule {rule.name}: add one to CEL_CASES"
+    manifest = _manifest("cel-case", CEL_CASES[rule.name])
+    # The models refuse it for the same rule: `fedfleet run` and the cluster agree on what a valid job is.
     with pytest.raises(ValidationError) as caught:
         FederatedJobSpec.model_validate(manifest["spec"])
     error = caught.value.errors()[0]["ctx"]["error"]
-    assert isinstance(error, SpecError) and error.field == field
+    assert isinstance(error, SpecError) and error.field == rule.field
+    assert error.rule.startswith(rule.message.partition(" ({")[0]), error.rule  # the words before any value
     done = apply(control_plane, rules_namespace, manifest)
     assert done.returncode != 0, f"accepted: {done.stdout}"
-    assert f"spec.{field}: Invalid value" in done.stderr, done.stderr
+    assert f"spec.{rule.field}: Invalid value" in done.stderr, done.stderr
+    assert f"{rule.field}: {rule.static_message}" in done.stderr, done.stderr  # this rule, not another one
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from fedfleet.api.federatedjob import API_GROUP, API_VERSION, INDIVIDUAL_UPDATE_STRATEGIES, KIND, FederatedJobSpec
+from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJobSpec
+from fedfleet.api.rules import CROSS_FIELD_RULES, Rule
 from fedfleet.api.status import FederatedJobStatus
 
 PLURAL = "federatedjobs"
@@ -134,77 +135,14 @@ def _ordered(node: Schema) -> Schema:
 
 # --- CEL rules --------------------------------------------------------------------------------------------
 # The API server checks these, so `kubectl apply` refuses a job the models would refuse, naming the same
-# field (`fieldPath`). Each mirrors a rule of FederatedJobSpec._cross_field_rules / _privacy_rules; the unit
-# and e2e tests hold one manifest per rule and check that both sides refuse it for the same field.
+# field (`fieldPath`). They come from the same table as the models' check (fedfleet.api.rules).
 
-_INDIVIDUAL = "[" + ", ".join(f"'{s}'" for s in sorted(INDIVIDUAL_UPDATE_STRATEGIES)) + "]"
-_KRUM = "self.aggregation.strategy in ['krum', 'multiKrum']"
-_MIN_REPORTS = "(has(self.cohort.minReports) ? self.cohort.minReports : self.cohort.clientsPerRound)"
-_DP_ON = "self.privacy.differentialPrivacy.mode != 'off'"
 
-#: (rule, fieldPath below spec, message). The message repeats the field so it reads well on its own.
-CROSS_FIELD_RULES: tuple[tuple[str, str, str], ...] = (
-    (
-        "!has(self.cohort.minReports) || self.cohort.minReports <= self.cohort.clientsPerRound",
-        "cohort.minReports",
-        "cohort.minReports must be at most cohort.clientsPerRound",
-    ),
-    (
-        "self.cohort.clientsPerRound <= self.simulation.devices",
-        "cohort.clientsPerRound",
-        "cohort.clientsPerRound must be at most simulation.devices",
-    ),
-    (
-        "self.evaluation.federatedEvery == 0 || self.evaluation.federatedClients <= self.simulation.devices",
-        "evaluation.federatedClients",
-        "evaluation.federatedClients must be at most simulation.devices when federatedEvery is set",
-    ),
-    (
-        f"!({_KRUM}) || {_MIN_REPORTS} >= 2 * self.aggregation.byzantineCount + 3",
-        "aggregation.byzantineCount",
-        "aggregation.byzantineCount: krum needs every round to have at least 2·byzantineCount+3 reports "
-        "(cohort.minReports, or cohort.clientsPerRound when unset)",
-    ),
-    (
-        f"!({_KRUM}) || !has(self.aggregation.multiKrumSelect) || self.aggregation.multiKrumSelect <= {_MIN_REPORTS}",
-        "aggregation.multiKrumSelect",
-        "aggregation.multiKrumSelect must be at most the reports of a round (cohort.minReports)",
-    ),
-    (
-        f"!self.privacy.secureAggregation.enabled || !(self.aggregation.strategy in {_INDIVIDUAL})",
-        "aggregation.strategy",
-        "aggregation.strategy: median, trimmedMean, krum and multiKrum need individual updates, but secure "
-        "aggregation reveals only their sum",
-    ),
-    (
-        f"!self.privacy.secureAggregation.enabled || {_MIN_REPORTS} >= 2",
-        "cohort.minReports",
-        "cohort.minReports: secure aggregation needs at least 2 reports per round (the sum of one update is "
-        "that update)",
-    ),
-    (
-        "self.privacy.differentialPrivacy.mode != 'distributed' || self.privacy.secureAggregation.enabled",
-        "privacy.differentialPrivacy.mode",
-        "privacy.differentialPrivacy.mode: distributed noise needs privacy.secureAggregation.enabled",
-    ),
-    (
-        f"!({_DP_ON}) || !(self.aggregation.strategy in {_INDIVIDUAL})",
-        "aggregation.strategy",
-        "aggregation.strategy: differential privacy is calibrated for a clipped sum of updates; median, "
-        "trimmedMean, krum and multiKrum are not one",
-    ),
-    (
-        f"!({_DP_ON}) || has(self.privacy.differentialPrivacy.noiseMultiplier) "
-        "|| has(self.privacy.differentialPrivacy.targetEpsilon)",
-        "privacy.differentialPrivacy.noiseMultiplier",
-        "privacy.differentialPrivacy.noiseMultiplier: set it, or targetEpsilon to calibrate it from",
-    ),
-    (
-        "self.aggregator.httpPort != self.aggregator.port",
-        "aggregator.httpPort",
-        "aggregator.httpPort must differ from aggregator.port",
-    ),
-)
+def _validation(rule: Rule) -> dict[str, str]:
+    # The message repeats the field, so it reads well on its own, as `kubectl apply` prints it.
+    message = f"{rule.field}: {rule.static_message}"
+    return {"rule": rule.cel, "message": message, "fieldPath": "." + rule.field, "reason": "FieldValueInvalid"}
+
 
 #: What a running job is made of; changing it would make the checkpoint and the devices' work meaningless.
 #: Mutable: suspend, activeDeadlineSeconds and aggregator (a new image or resources restarts the pod, which
@@ -222,13 +160,6 @@ IMMUTABLE_FIELDS = (
 )
 
 
-def _validations() -> list[dict[str, str]]:
-    return [
-        {"rule": rule, "message": message, "fieldPath": "." + field, "reason": "FieldValueInvalid"}
-        for rule, field, message in CROSS_FIELD_RULES
-    ]
-
-
 def _with_immutable_fields(spec: Schema) -> Schema:
     properties = dict(spec["properties"])
     for name in IMMUTABLE_FIELDS:
@@ -240,7 +171,7 @@ def _with_immutable_fields(spec: Schema) -> Schema:
 def spec_schema() -> Schema:
     schema = structural_schema(FederatedJobSpec.model_json_schema(by_alias=True))
     schema["description"] = "What to train, on which fleet, and how rounds are run and aggregated."
-    schema["x-kubernetes-validations"] = _validations()
+    schema["x-kubernetes-validations"] = [_validation(rule) for rule in CROSS_FIELD_RULES]
     return _ordered(_with_immutable_fields(schema))
 
 

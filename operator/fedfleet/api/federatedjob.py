@@ -3,6 +3,8 @@
 These models are the single source of truth for the job's shape: `crds/federatedjob.yaml` is generated
 from them (`make crds`, checked for drift by a test), and the embedded runtime, the aggregator and the
 operator all read a job through them. Field names are camelCase on the wire, snake_case in Python.
+Rules that span fields are declared once in `fedfleet.api.rules`, which gives both the models' check and
+the CRD's CEL rules.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from fedfleet.api.rules import CROSS_FIELD_RULES
 
 API_GROUP = "fedfleet.io"
 API_VERSION = "v1alpha1"
@@ -45,10 +49,6 @@ class Strategy(StrEnum):
     KRUM = "krum"
     MULTI_KRUM = "multiKrum"
     NORM_BOUNDING = "normBounding"
-
-
-#: Strategies that look at each update on its own, so they cannot work on a masked or noised sum.
-INDIVIDUAL_UPDATE_STRATEGIES = frozenset({Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM})
 
 
 class ModelSpec(SpecModel):
@@ -278,63 +278,12 @@ class FederatedJobSpec(SpecModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:
-        cohort, agg = self.cohort, self.aggregation
-        if self.aggregator.http_port == self.aggregator.port:
-            raise SpecError("aggregator.httpPort", f"must differ from aggregator.port ({self.aggregator.port})")
-        if cohort.min_reports is not None and cohort.min_reports > cohort.clients_per_round:
-            raise SpecError("cohort.minReports", f"must be at most cohort.clientsPerRound ({cohort.clients_per_round})")
-        if cohort.clients_per_round > self.simulation.devices:
-            raise SpecError("cohort.clientsPerRound", f"must be at most simulation.devices ({self.simulation.devices})")
-        if self.evaluation.federated_every > 0 and self.evaluation.federated_clients > self.simulation.devices:
-            raise SpecError(
-                "evaluation.federatedClients", f"must be at most simulation.devices ({self.simulation.devices})"
-            )
-        if agg.strategy in (Strategy.KRUM, Strategy.MULTI_KRUM):
-            # Krum's score needs n - f - 2 > 0 neighbours among the n reports of a round.
-            need = 2 * agg.byzantine_count + 3
-            if cohort.effective_min_reports < need:
-                raise SpecError(
-                    "aggregation.byzantineCount",
-                    f"krum needs every round to have at least 2·byzantineCount+3 = {need} reports, "
-                    f"but cohort.minReports is {cohort.effective_min_reports}",
-                )
-            if agg.multi_krum_select is not None and agg.multi_krum_select > cohort.effective_min_reports:
-                raise SpecError(
-                    "aggregation.multiKrumSelect",
-                    f"must be at most the reports of a round ({cohort.effective_min_reports})",
-                )
-        self._privacy_rules()
+        # The same table gives the CRD its CEL rules, so the API server refuses what the models refuse.
+        # One error, the first broken rule in table order: the CLI prints one line per bad manifest.
+        for rule in CROSS_FIELD_RULES:
+            if not rule.holds(self):
+                raise SpecError(rule.field, rule.explain(self))
         return self
-
-    def _privacy_rules(self) -> None:
-        dp, secagg = self.privacy.differential_privacy, self.privacy.secure_aggregation
-        strategy = self.aggregation.strategy
-        if secagg.enabled and strategy in INDIVIDUAL_UPDATE_STRATEGIES:
-            raise SpecError(
-                "aggregation.strategy",
-                f"{strategy} needs every device's individual update, but secure aggregation reveals only their sum;"
-                " use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox or normBounding",
-            )
-        if dp.mode == "distributed" and not secagg.enabled:
-            raise SpecError(
-                "privacy.differentialPrivacy.mode",
-                "distributed noise only protects devices when privacy.secureAggregation.enabled is true",
-            )
-        if dp.mode != "off" and strategy in INDIVIDUAL_UPDATE_STRATEGIES:
-            raise SpecError(
-                "aggregation.strategy",
-                f"differential privacy is calibrated for a clipped sum of updates; {strategy} is not one",
-            )
-        if secagg.enabled and self.cohort.effective_min_reports < 2:
-            raise SpecError(
-                "cohort.minReports",
-                "secure aggregation needs at least 2 reports per round: the sum of one update is that update",
-            )
-        if dp.mode != "off" and dp.noise_multiplier is None and dp.target_epsilon is None:
-            raise SpecError(
-                "privacy.differentialPrivacy.noiseMultiplier",
-                "set noiseMultiplier, or targetEpsilon to calibrate it from",
-            )
 
     @property
     def proximal_mu(self) -> float:

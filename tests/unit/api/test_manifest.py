@@ -149,14 +149,49 @@ def test_min_reports_above_clients_per_round() -> None:
 
 def test_krum_with_too_few_reports() -> None:
     message = _error(_job("rounds: 5\naggregation: {strategy: krum, byzantineCount: 3}\ncohort: {clientsPerRound: 8}"))
-    assert message.startswith("spec.aggregation.byzantineCount: krum needs every round to have at least ")
-    assert "= 9 reports" in message and "cohort.minReports is 8" in message and message.endswith("(got 3)")
+    assert message == (
+        "spec.aggregation.byzantineCount: krum needs every round to have at least 2·byzantineCount+3 reports (9), "
+        "but a round may close with as few as cohort.minReports, or cohort.clientsPerRound when unset (8) (got 3)"
+    )
 
 
 def test_krum_default_byzantine_count_still_needs_three_reports() -> None:
     # byzantineCount is not in the manifest, so no "(got …)" can be quoted: the rule alone is given.
     message = _error(_job("rounds: 5\naggregation: {strategy: krum}\ncohort: {clientsPerRound: 2}"))
     assert message.startswith("spec.aggregation.byzantineCount: krum needs") and "(got" not in message
+
+
+def test_multi_krum_selects_more_than_a_round_may_report() -> None:
+    message = _error(
+        _job(
+            "rounds: 5\naggregation: {strategy: multiKrum, multiKrumSelect: 9}\n"
+            "cohort: {clientsPerRound: 8, minReports: 6}"
+        )
+    )
+    assert message == (
+        "spec.aggregation.multiKrumSelect: must be at most the fewest reports a round may close with: "
+        "cohort.minReports, or cohort.clientsPerRound when unset (6) (got 9)"
+    )
+
+
+def test_federated_evaluation_asks_more_devices_than_the_fleet_has() -> None:
+    message = _error(
+        _job("rounds: 5\nevaluation: {federatedEvery: 2, federatedClients: 30}\nsimulation: {devices: 20}")
+    )
+    assert message == (
+        "spec.evaluation.federatedClients: must be at most simulation.devices (20) when evaluation.federatedEvery "
+        "is above 0 (got 30)"
+    )
+
+
+def test_federated_clients_above_the_fleet_are_fine_without_federated_evaluation() -> None:
+    job = parse_job(_job("rounds: 5\nevaluation: {federatedClients: 30}\nsimulation: {devices: 20}"))
+    assert job.spec.evaluation.federated_every == 0
+
+
+def test_metrics_port_on_the_grpc_port() -> None:
+    message = _error(_job("rounds: 5\naggregator: {port: 7000, httpPort: 7000}"))
+    assert message == "spec.aggregator.httpPort: must differ from aggregator.port (7000) (got 7000)"
 
 
 def test_wrong_api_version() -> None:
@@ -223,7 +258,10 @@ def test_job_model_is_what_parse_returns() -> None:
 
 def test_secure_aggregation_refuses_rules_that_need_individual_updates() -> None:
     message = _error(_job("rounds: 3\naggregation: {strategy: median}\nprivacy: {secureAggregation: {enabled: true}}"))
-    assert message.startswith("spec.aggregation.strategy: median needs every device's individual update")
+    assert message.startswith(
+        "spec.aggregation.strategy: median, trimmedMean, krum and multiKrum need every device's individual update"
+    )
+    assert "; use fedavg, fedavgm," in message and message.endswith("(got 'median')")
 
 
 def test_distributed_noise_needs_secure_aggregation() -> None:
@@ -234,6 +272,28 @@ def test_distributed_noise_needs_secure_aggregation() -> None:
 def test_dp_needs_a_noise_multiplier_or_a_target_epsilon() -> None:
     message = _error(_job("rounds: 3\nprivacy: {differentialPrivacy: {mode: central}}"))
     assert message.startswith("spec.privacy.differentialPrivacy.noiseMultiplier: set noiseMultiplier")
+
+
+def test_distributed_noise_refuses_adaptive_clipping() -> None:
+    # Refused before any pod starts: the aggregator could only refuse it when it plans the noise.
+    message = _error(
+        _job(
+            "rounds: 3\nprivacy:\n  secureAggregation: {enabled: true}\n"
+            "  differentialPrivacy: {mode: distributed, noiseMultiplier: 1.0, adaptiveClipping: true}"
+        )
+    )
+    assert message.startswith(
+        "spec.privacy.differentialPrivacy.adaptiveClipping: must be false when privacy.differentialPrivacy.mode is "
+        "distributed: "
+    )
+    assert message.endswith("(got True)")
+
+
+def test_central_dp_with_adaptive_clipping_is_accepted() -> None:
+    job = parse_job(
+        _job("rounds: 3\nprivacy: {differentialPrivacy: {mode: central, noiseMultiplier: 1.0, adaptiveClipping: true}}")
+    )
+    assert job.spec.privacy.differential_privacy.adaptive_clipping
 
 
 def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
@@ -250,7 +310,7 @@ def test_dp_with_secure_aggregation_and_fedadam_is_accepted() -> None:
 
 EXAMPLE_JOBS = sorted(
     p
-    for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")
+    for p in (Path(__file__).resolve().parents[3] / "examples").glob("*.yaml")
     if "kind: FederatedJob" in p.read_text()
 )
 
