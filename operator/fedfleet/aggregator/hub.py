@@ -25,6 +25,7 @@ from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import Outcome, RejectReason
 from fedfleet.privacy.secure_update import plan_encoding
 from fedfleet.proto import codec
+from fedfleet.proto.refusals import Refusal
 from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 
@@ -270,7 +271,7 @@ class DeviceHub:
         secure = self.secure
         if secure is None:
             raise SecureRoundRefused(
-                "wrong_round" if self.uses_secure_aggregation else "secagg_off",
+                Refusal.WRONG_ROUND if self.uses_secure_aggregation else Refusal.SECAGG_OFF,
                 f"no secure-aggregation round is open (message for round {round_number}, next is {self.next_round})"
                 if self.uses_secure_aggregation
                 else "this job does not run secure aggregation",

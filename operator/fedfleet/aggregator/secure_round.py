@@ -43,6 +43,7 @@ from fedfleet.privacy.secagg import (
 from fedfleet.privacy.secagg.ring import word_bytes
 from fedfleet.privacy.secure_policy import SecureRoundPlan, plan_secure_round
 from fedfleet.proto import secagg_wire as wire
+from fedfleet.proto.refusals import Refusal
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 
 from .metrics import AggregatorMetrics
@@ -62,7 +63,7 @@ MIN_STAGE_WALL_SECONDS = 0.5
 class SecureRoundRefused(Exception):
     """A device's secure-aggregation call cannot be served; `reason` is the stable label the SDK branches on."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Refusal, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -151,7 +152,7 @@ class SecureRound:
     ) -> pb.UnmaskRequest:
         first = await anext(chunks, None)
         if first is None or first.WhichOneof("part") != "header":
-            raise SecureRoundRefused("corrupt", "a masked-input stream must start with its header")
+            raise SecureRoundRefused(Refusal.CORRUPT, "a masked-input stream must start with its header")
         header = first.header
         slot = self._slot(device_id, header.round)
         expected_bytes = self.config.vector_length * word_bytes(self.config.modulus_bits)
@@ -171,7 +172,7 @@ class SecureRound:
             # Damaged in transit: counted, but nothing reached the protocol, so the device may send it again.
             await assembler.abandon()
             self.metrics.rejected.labels(RejectReason.CORRUPT).inc()
-            raise SecureRoundRefused("corrupt", rejection.message) from None
+            raise SecureRoundRefused(Refusal.CORRUPT, rejection.message) from None
         message = MaskedInput(header.round, bytes(payload), tuple(header.complaints))
         self._receive(device_id, slot, Stage.MASKED_INPUT, self.server.receive_masked_input, message)
         self._masked_bytes += len(payload)
@@ -271,11 +272,13 @@ class SecureRound:
     def _slot(self, device_id: str, round_number: int) -> int:
         if round_number != self.number:
             raise SecureRoundRefused(
-                "wrong_round", f"message for round {round_number}, the secure-aggregation round is {self.number}"
+                Refusal.WRONG_ROUND, f"message for round {round_number}, the secure-aggregation round is {self.number}"
             )
         slot = self.slots.get(device_id)
         if slot is None:
-            raise SecureRoundRefused("not_in_cohort", f"device {device_id} is not in round {self.number}'s cohort")
+            raise SecureRoundRefused(
+                Refusal.NOT_IN_COHORT, f"device {device_id} is not in round {self.number}'s cohort"
+            )
         return slot
 
     def _check_accepting(self, device_id: str, slot: int, stage: Stage, nbytes: int = 0) -> None:
@@ -284,10 +287,11 @@ class SecureRound:
         if stage is Stage.MASKED_INPUT and self._closed[stage].is_set() and slot in self._bundled:
             # It trained, but after the masked inputs closed: a straggler, as in a plaintext round.
             self.training_round.report_late(device_id, nbytes)
-            raise SecureRoundRefused("round_closed", f"round {self.number} no longer takes masked inputs")
+            raise SecureRoundRefused(Refusal.ROUND_CLOSED, f"round {self.number} no longer takes masked inputs")
         now = "none" if self.accepting is None else self.accepting.name
         raise SecureRoundRefused(
-            "secagg_stage_closed", f"round {self.number}: stage {stage.name} is not accepting messages (open: {now})"
+            Refusal.SECAGG_STAGE_CLOSED,
+            f"round {self.number}: stage {stage.name} is not accepting messages (open: {now})",
         )
 
     @property
@@ -305,10 +309,10 @@ class SecureRound:
         except ClientRejected as rejected:
             if rejected.dropped:
                 self._count_malformed(device_id, str(rejected))
-                raise SecureRoundRefused("secagg_malformed", str(rejected)) from None
-            raise SecureRoundRefused("secagg_excluded", str(rejected)) from None
+                raise SecureRoundRefused(Refusal.SECAGG_MALFORMED, str(rejected)) from None
+            raise SecureRoundRefused(Refusal.SECAGG_EXCLUDED, str(rejected)) from None
         except SecAggAborted as aborted:
-            raise SecureRoundRefused("secagg_aborted", f"secure aggregation aborted: {aborted}") from None
+            raise SecureRoundRefused(Refusal.SECAGG_ABORTED, f"secure aggregation aborted: {aborted}") from None
         self._arrived[stage].add(slot)
         self._progress.set()
         self._progress = asyncio.Event()
@@ -320,7 +324,7 @@ class SecureRound:
             # An empty masked input is malformed to the server too: it excludes the sender for us.
             self.server.receive_masked_input(slot, MaskedInput(self.number, b""))
         self._count_malformed(device_id, detail)
-        raise SecureRoundRefused("secagg_malformed", detail)
+        raise SecureRoundRefused(Refusal.SECAGG_MALFORMED, detail)
 
     def _count_malformed(self, device_id: str, detail: str) -> None:
         self.training_round.reject(device_id, UpdateRejected(RejectReason.SECAGG_MALFORMED, detail))
@@ -329,12 +333,12 @@ class SecureRound:
     async def _reply(self, stage: Stage, slot: int) -> Any:
         await self._closed[stage].wait()
         if self.failure is not None and stage not in self._replies:
-            raise SecureRoundRefused("secagg_aborted", f"round {self.number}: {self.failure}")
+            raise SecureRoundRefused(Refusal.SECAGG_ABORTED, f"round {self.number}: {self.failure}")
         reply = self._replies.get(stage, {}).get(slot)
         if reply is None:
             gone = self.server.exclusions.get(slot)
             why = f" ({gone.reason.value} at {gone.stage.name})" if gone is not None else ""
-            raise SecureRoundRefused("secagg_excluded", f"round {self.number}: this device left the round{why}")
+            raise SecureRoundRefused(Refusal.SECAGG_EXCLUDED, f"round {self.number}: this device left the round{why}")
         return reply
 
 

@@ -248,7 +248,5 @@ class AggregatorService:
 
 
 async def _refuse(context: Any, err: SecureRoundRefused) -> NoReturn:
-    # The secure round names its reasons as plain strings; each must be one of the protocol's (a test checks
-    # every one it raises), so an unknown one is a server bug and fails loudly here rather than on devices.
-    refusal = Refusal(err.reason)
+    refusal = err.reason
     await _abort(context, SECURE_CODES.get(refusal, grpc.StatusCode.FAILED_PRECONDITION), err.message, refusal)

@@ -22,13 +22,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from fedfleet.models.vector import Vector
 from fedfleet.proto import codec, refusals
+from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
 
@@ -43,13 +44,6 @@ POLL_MARGIN_SECONDS = 5.0
 #: One attempt of a short call. Calls wait for the connection (wait_for_ready) instead of failing fast while
 #: the channel is down: a channel whose server restarted can keep failing fast on its stale error for a while.
 CALL_TIMEOUT_SECONDS = 10.0
-TaskKind = Literal["wait", "train", "evaluate", "done"]
-_KINDS: dict[int, TaskKind] = {
-    pb.Task.WAIT: "wait",
-    pb.Task.TRAIN: "train",
-    pb.Task.EVALUATE: "evaluate",
-    pb.Task.DONE: "done",
-}
 
 
 class AggregatorError(Exception):
@@ -222,7 +216,7 @@ class DeviceClient:
             time.monotonic() + t.deadline_seconds if t.kind in (pb.Task.TRAIN, pb.Task.EVALUATE) else float("inf")
         )
         secure = t.secure_aggregation if t.HasField("secure_aggregation") else None
-        return Task(_KINDS.get(t.kind, "wait"), t.next_round, t.round, t.model_version, training, deadline, secure)
+        return Task(_task_kind(t.kind), t.next_round, t.round, t.model_version, training, deadline, secure)
 
     async def download_model(self, version: int, deadline: float | None = None) -> Model:
         async def call() -> Model:
@@ -406,3 +400,10 @@ async def masked_input_messages(
 def _hash_all(digest: Any, payload: bytes | memoryview, chunk_bytes: int) -> None:
     for part in codec.split(payload, chunk_bytes):
         digest.update(part)
+
+
+def _task_kind(value: int) -> TaskKind:
+    try:
+        return TaskKind.from_proto(value)
+    except ValueError:
+        return TaskKind.WAIT  # a kind from a newer server: wait and ask again rather than fail

@@ -41,16 +41,17 @@ def test_every_rejected_update_and_token_problem_has_its_reason() -> None:
 
 
 def _refused_reasons() -> list[tuple[str, int, str]]:
-    """Every string the aggregator package passes as the reason of a SecureRoundRefused."""
+    """Every reason the aggregator package passes to a SecureRoundRefused (typed as Refusal, so mypy keeps
+    them known; this scan keeps every one mapped to its status code)."""
     found = []
     for path in sorted(AGGREGATOR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SecureRoundRefused"):
                 continue
             reason = node.args[0] if node.args else next(k.value for k in node.keywords if k.arg == "reason")
-            for part in ast.walk(reason):  # a literal, or a conditional choosing between literals
-                if isinstance(part, ast.Constant) and isinstance(part.value, str):
-                    found.append((path.name, node.lineno, part.value))
+            for part in ast.walk(reason):  # Refusal.X, or a conditional choosing between them
+                if isinstance(part, ast.Attribute) and getattr(part.value, "id", None) == "Refusal":
+                    found.append((path.name, node.lineno, Refusal[part.attr].value))
     return found
 
 

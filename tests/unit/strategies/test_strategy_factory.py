@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fedfleet.api.federatedjob import INDIVIDUAL_UPDATE_STRATEGIES, AggregationSpec, Strategy
+from fedfleet.api.federatedjob import AggregationSpec, Strategy
+from fedfleet.api.rules import INDIVIDUAL_UPDATE_STRATEGIES
 from fedfleet.strategies.factory import build_strategy
 from fedfleet.strategies.fedadagrad import FedAdagrad
 from fedfleet.strategies.fedadam import FedAdam
