@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.runtime.local import LocalRuntime
 from fl_experiments import make_job
 
@@ -38,3 +40,38 @@ def test_diverging_updates_are_rejected_and_counted_not_fatal(tmp_path: Path) ->
     assert np.isfinite(runtime.final_weights()).all()  # ... and leaves the model as it was
     for r in records:
         assert r.participants + r.dropped + r.late + r.surplus + r.rejected == r.invited
+
+
+def churn_job(over_selection: float, dropout: float) -> FederatedJob:
+    return make_job(
+        "churn",
+        rounds=40,
+        seed=4,
+        model={"architecture": "logistic"},
+        training={"localEpochs": 1, "batchSize": 20, "learningRate": 0.1},
+        cohort={"clientsPerRound": 10, "overSelection": over_selection, "minReports": 1, "roundDeadlineSeconds": 600},
+        evaluation={"serverEvery": 0},
+        simulation={"devices": 60, "dataset": "digits", "testSamples": 0, "dropoutProbability": dropout},
+    )
+
+
+def test_churn_tracks_the_fleets_dropout_not_the_over_selection(tmp_path: Path) -> None:
+    dropout = 0.3
+    # Every invitee needed: what the rounds lost is the dropout (400 invitations: ±0.07 is three σ).
+    exact = LocalRuntime(churn_job(1.0, dropout), tmp_path / "exact")
+    exact.prepare(resume=False)
+    exact.run()
+    assert exact.server.totals.churn_rate == pytest.approx(dropout, abs=0.07)
+
+    # Half again as many invited as needed: the spares left when a round fills are surplus, not churn.
+    spare = LocalRuntime(churn_job(1.5, dropout), tmp_path / "spare")
+    spare.prepare(resume=False)
+    records = spare.run()
+    surplus = sum(r.surplus for r in records)
+    assert surplus > 0
+    # A device that dropped out of a round that filled anyway looks like a spare to the server, so churn
+    # here sits below the dropout — and far below what counting every spare as lost would claim.
+    churn = spare.server.totals.churn_rate
+    assert 0.1 <= churn <= dropout + 0.07, churn
+    invited = sum(r.invited for r in records)
+    assert (sum(r.lost for r in records) + surplus) / invited > churn + 0.1

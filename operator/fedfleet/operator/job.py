@@ -14,7 +14,8 @@ from fedfleet.security.tokens import job_identity
 
 
 class InvalidSpec(ValueError):
-    """The spec passed the API server's schema but not the models (a rule CEL cannot express). Permanent."""
+    """The spec passed the API server's schema but not the models: it was stored before the CRD had the rule
+    it breaks (every cross-field rule is also CEL now, api/rules.py). Permanent."""
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ class SkellamPlan:
 def skellam_plan_from_spec(spec: FederatedJobSpec, noise_multiplier: float, step: float, dim: int) -> SkellamPlan:
     """The job's distributed-noise plan; `step` is the secure-aggregation quantizer's Δ."""
     dp = spec.privacy.differential_privacy
+    # The spec refuses this combination (api/rules.py); a spec built around validation still must not run.
     if dp.adaptive_clipping:
         # Adaptive clipping would need the clipped count summed under secure aggregation too; not built yet.
         raise ValueError("privacy.differentialPrivacy.adaptiveClipping: not supported with mode distributed")
