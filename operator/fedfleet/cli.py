@@ -173,6 +173,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedfleet.runtime.threads import configure_torch_threads
 
     configure_torch_threads()
+    problem = _unusable_out(out)
+    if problem is not None:
+        return _fail(f"--out {out}: {problem}")
     progress: RoundProgress | None = None
     try:
         run = _prepare_run(job, out, transport, args.resume)
@@ -211,6 +214,19 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         return _fail(str(exc))
     return EXIT_OK
+
+
+def _unusable_out(out: Path) -> str | None:
+    """Why the run directory cannot be used, or None: checked before anything is written."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the run directory: {exc.strerror or exc}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return "the run directory is not writable"
+    return None
 
 
 def _prepare_run(job: FederatedJob, out: Path, transport: str, resume: bool) -> JobRun:

@@ -155,3 +155,14 @@ def test_missing_manifest_and_bad_arguments_exit_2(tmp_path: Path) -> None:
     missing = run_cli("run", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert run_cli("run").returncode == 2
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "grpc"])
+def test_an_unusable_out_is_one_line_naming_it(tmp_path: Path, transport: str) -> None:
+    job = write_job(tmp_path, rounds=1)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for out, problem in ((a_file, "exists and is not a directory"), (a_file / "below", "cannot create")):
+        done = run_cli("run", str(job), "--out", str(out), "--transport", transport, "--quiet", timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(f"fedfleet: error: --out {out}: {problem}")
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

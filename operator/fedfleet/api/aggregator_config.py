@@ -31,8 +31,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from fedfleet.api import strict_yaml
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJob, FederatedJobSpec
 from fedfleet.api.manifest import ManifestError, describe_validation_error, job_from_object, load_job
+from fedfleet.api.strict_yaml import StrictYamlError
 
 #: Spec fields only the operator acts on (Python names). They say how and where a job runs in a cluster, not
 #: what it computes, so the job the aggregator runs leaves them out (`job_manifest`) and the checkpoint's spec
@@ -180,12 +182,14 @@ def parse_config(data: object, source: str) -> AggregatorConfig:
 def read_config(path: Path) -> AggregatorConfig:
     """The configuration file as written (relative paths left relative)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        docs = strict_yaml.load_all(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
-    return parse_config(data, str(path))
+    except (StrictYamlError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if len(docs) != 1:
+        raise ConfigError(f"{path}: expected one YAML document of settings, found {len(docs)}")
+    return parse_config(docs[0], str(path))
 
 
 def load_config(path: Path) -> tuple[AggregatorConfig, FederatedJob]:

@@ -6,16 +6,18 @@ Messages read `spec.path.to.field: rule (got value)`, prefixed with the manifest
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from fedfleet.api import strict_yaml
 from fedfleet.api.federatedjob import KIND, FederatedJob, SpecError
+from fedfleet.api.strict_yaml import StrictYamlError
 
 _MAX_SHOWN = 60  # characters of an offending value quoted in a message; the message stays one line
 
@@ -37,12 +39,9 @@ def load_job(path: str | Path) -> FederatedJob:
 
 def parse_job(text: str, source: str = "<manifest>") -> FederatedJob:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ManifestError(f"{source}: YAML syntax error{where}: {problem}") from None
+        docs = [d for d in strict_yaml.load_all(text) if d is not None]
+    except StrictYamlError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if not jobs:
         kinds = [d.get("kind") for d in docs if isinstance(d, dict)]
@@ -57,9 +56,14 @@ def parse_job(text: str, source: str = "<manifest>") -> FederatedJob:
 
 def job_from_object(obj: dict[str, Any], source: str = "<manifest>") -> FederatedJob:
     try:
-        # Manifests use the wire names only (camelCase), as the API server does: a snake_case key that the
-        # local runtime accepted would be pruned by the cluster, and the two would run different jobs.
-        return FederatedJob.model_validate(obj, by_alias=True, by_name=False)
+        # As the API server reads it: JSON values, strictly typed (`rounds: true` or `rounds: 10.0` is not an
+        # integer), wire names only (camelCase) — a snake_case key that the local runtime accepted would be
+        # pruned by the cluster, and the two would run different jobs.
+        wire = json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"{source}: not JSON-compatible: {exc}") from None
+    try:
+        return FederatedJob.model_validate_json(wire, strict=True, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise ManifestError(f"{source}: {describe_validation_error(exc)}") from None
 
