@@ -8,6 +8,7 @@ domain's reasons are translated into the protocol's here).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -142,6 +143,15 @@ class AggregatorService:
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Any) -> pb.Task:
         device_id = await self._device(context)
+        wait = request.wait_seconds
+        if not (math.isfinite(wait) and wait >= 0):
+            # NaN would make the long-poll's end NaN: a poll that never answers and holds its device's place.
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wait_seconds must be a finite number of seconds >= 0, got {wait}",
+                Refusal.BAD_REQUEST,
+            )
         try:
             task = await self._coordinator.next_task(device_id, request.availability, request.wait_seconds)
         except DeviceUnknown as err:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -197,6 +198,8 @@ class DeviceClient:
         return CheckInResult(r.job, r.next_round, r.total_rounds, r.job_done, r.poll_seconds)
 
     async def next_task(self, *, available: bool = True, for_round: int = 0, wait_seconds: float = 10.0) -> Task:
+        if not (math.isfinite(wait_seconds) and wait_seconds >= 0):
+            raise ValueError(f"wait_seconds must be a finite number of seconds >= 0, got {wait_seconds}")
         request = pb.GetTaskRequest(
             availability=pb.Availability(available=available, for_round=for_round), wait_seconds=wait_seconds
         )

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -109,11 +110,12 @@ class TokenVerifier:
         if len(parts) != 3 or parts[0] != VERSION:
             raise TokenError(TokenProblem.MALFORMED, f"device token is not a {VERSION} token")
         _, body, mac = parts
-        claims = _decode_claims(body)
         try:
+            _unb64(body)
             given = _unb64(mac)
         except ValueError:
-            raise TokenError(TokenProblem.MALFORMED, "device token signature is not base64url") from None
+            raise TokenError(TokenProblem.MALFORMED, "device token is not canonical unpadded base64url") from None
+        claims = _decode_claims(body)
         if not hmac.compare_digest(given, _mac(self._key, body)):
             if claims is not None and claims.job != self.job:
                 raise TokenError(TokenProblem.WRONG_JOB, f"device token is for job {claims.job!r}, not {self.job!r}")
@@ -159,10 +161,20 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Unpadded base64url only, and only its canonical form: a token has exactly one accepted spelling, so
+    appended padding or non-zero spare bits are refused instead of verifying the same signature again."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise ValueError("not base64url") from None
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def job_identity(name: str, namespace: str | None = None) -> str:

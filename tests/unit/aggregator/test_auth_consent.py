@@ -141,3 +141,24 @@ def test_health_checking_and_reflection(tmp_path: Path, pki: Pki) -> None:
                     await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("wait", [float("nan"), float("inf"), -1.0])
+def test_a_poll_with_an_impossible_wait_is_refused_at_once(tmp_path: Path, pki: Pki, wait: float) -> None:
+    async def scenario() -> None:
+        async with running(make_job(name="nan-wait"), tmp_path, pki) as h:
+            client = h.client("dev-nan")
+            await join(client)
+            with pytest.raises(ValueError, match="wait_seconds"):
+                await client.next_task(wait_seconds=wait)  # the SDK never sends it ...
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # ... and the server refuses a raw one at once
+                await client.stub.GetTask(pb.GetTaskRequest(wait_seconds=wait), metadata=client.metadata, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait_seconds" in str(err.value.details())
+            assert dict(err.value.trailing_metadata() or ())["fedfleet-error"] == "bad_request"
+            assert loop.time() - started < 10.0
+            # Other polls are answered as before.
+            assert (await client.next_task(wait_seconds=0.1)).kind in ("wait", "train")
+
+    asyncio.run(scenario())

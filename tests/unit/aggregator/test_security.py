@@ -99,3 +99,25 @@ def test_server_certificate_is_issued_by_the_job_ca_for_its_addresses(tmp_path: 
     assert files.exist() and files.server_key.stat().st_mode & 0o777 == 0o600
     issued = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
     issued.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca_cert.read_bytes()))
+
+
+@pytest.mark.parametrize("suffix", ["=", "==", "===", " ", "\n"])
+def test_a_token_has_exactly_one_accepted_spelling(suffix: str) -> None:
+    key = new_key()
+    verifier = TokenVerifier(key, "job-a")
+    good = issue_token(key, "job-a", "dev-1", 60, now=NOW)
+    assert verifier.verify(good, now=NOW).device_id == "dev-1"
+    assert problem(verifier, good + suffix) == TokenProblem.MALFORMED
+    version, body, mac = good.split(".")
+    assert problem(verifier, f"{version}.{body}{suffix}.{mac}") == TokenProblem.MALFORMED
+
+
+def test_spare_bits_of_the_last_base64_character_must_be_zero() -> None:
+    key = new_key()
+    verifier = TokenVerifier(key, "job-a")
+    good = issue_token(key, "job-a", "dev-1", 60, now=NOW)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(good[-1])
+    # A 32-byte MAC leaves 2 spare bits in its 43rd character: flipping one decodes to the same bytes.
+    twin = good[:-1] + alphabet[last ^ 1]
+    assert twin != good and problem(verifier, twin) == TokenProblem.MALFORMED
