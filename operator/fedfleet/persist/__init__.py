@@ -1,5 +1,5 @@
-"""Crash-safe persistence: atomic file writes and the server's checkpoints.
+"""Crash-safe persistence: atomic file writes, the server's checkpoints, and the layout of a run directory.
 
-Floor: the bottom one, beside api/, models/ and data/, which it never imports. numpy and the standard
+Floor: the bottom one, with api/, models/ and data/. numpy and the standard
 library only.
 """
