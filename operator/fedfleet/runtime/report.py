@@ -1,47 +1,14 @@
-"""The end-of-run report: a summary for the terminal and summary.json, and a PNG plot of the rounds."""
+"""The end-of-run report: the summary (engine.journal writes summary.json) for the terminal, and a PNG plot
+of the rounds."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedfleet.engine.records import RoundRecord
-from fedfleet.persist.atomic import atomic_write_text, atomic_writer
-
-
-def summarize(
-    records: Sequence[RoundRecord], job_name: str, totals: dict[str, Any], stop_reason: str | None = None
-) -> dict[str, Any]:
-    evaluated = [r for r in records if r.accuracy is not None]
-    final = evaluated[-1] if evaluated else None
-    best = max(evaluated, key=lambda r: r.accuracy or 0.0) if evaluated else None
-    invited = sum(r.invited for r in records)
-    return {
-        "job": job_name,
-        "rounds": len(records),
-        "rounds_failed": sum(1 for r in records if not r.succeeded),
-        "final_accuracy": final.accuracy if final else None,
-        "final_loss": final.loss if final else None,
-        "best_accuracy": best.accuracy if best else None,
-        "best_round": best.round if best else None,
-        "participants": sum(r.participants for r in records),
-        "dropped": sum(r.dropped for r in records),
-        "late": sum(r.late for r in records),
-        "rejected": sum(r.rejected for r in records),
-        "churn_rate": (sum(r.dropped + r.late for r in records) / invited) if invited else 0.0,
-        "bytes_sent": sum(r.bytes_sent for r in records),
-        "bytes_received": sum(r.bytes_received for r in records),
-        "wall_seconds": round(sum(r.wall_seconds for r in records), 2),
-        "epsilon": records[-1].epsilon if records else None,
-        "stop_reason": stop_reason,
-        "totals": totals,
-    }
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+from fedfleet.persist.atomic import atomic_writer
 
 
 def render_summary(summary: dict[str, Any]) -> str:
