@@ -24,13 +24,13 @@ from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import RoundResult
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
-from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
 from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator
+from .guarded_handlers import MalformedCounter, add_guarded_servicer
 from .hub import DeviceHub, HubSettings
 from .inputs import JobInputs, load_inputs
 from .k8s_status import JSON, StatusReporter, outcome_status
@@ -76,7 +76,12 @@ def prepare_security(config: AggregatorConfig, job: FederatedJob) -> Security:
 
 
 def create_grpc_server(
-    service: AggregatorService, health_servicer: health.aio.HealthServicer, security: Security, host: str, port: int
+    service: AggregatorService,
+    health_servicer: health.aio.HealthServicer,
+    security: Security,
+    host: str,
+    port: int,
+    on_malformed: MalformedCounter | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The TLS gRPC server with the Aggregator service, health checking and reflection; returns it and its port."""
     server = grpc.aio.server(
@@ -86,7 +91,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail, not share it
         ]
     )
-    pb_grpc.add_AggregatorServicer_to_server(service, server)
+    add_guarded_servicer(service, server, on_malformed or MalformedCounter(lambda method: None))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)])
@@ -165,8 +170,9 @@ class AggregatorApp:
         service = AggregatorService(
             self.hub, TokenVerifier(self.security.token_key, self.identity), self.config.chunk_bytes
         )
+        on_malformed = MalformedCounter(lambda method: self.metrics.malformed.labels(method).inc())
         server, self.grpc_port = create_grpc_server(
-            service, self._health, self.security, self.config.listen.host, self.config.listen.port
+            service, self._health, self.security, self.config.listen.host, self.config.listen.port, on_malformed
         )
         await server.start()
         self._server = server

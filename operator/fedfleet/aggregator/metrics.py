@@ -70,6 +70,12 @@ class AggregatorMetrics:
             buckets=_FAST_BUCKETS,
             registry=registry,
         )
+        self.malformed = Counter(
+            "fedfleet_malformed_messages",
+            "Messages that did not parse as their method's message, by method",
+            ["method"],
+            registry=registry,
+        )
         self.model_accuracy = Gauge(
             "fedfleet_model_accuracy", "Server-side test accuracy of the global model", registry=registry
         )

@@ -150,7 +150,11 @@ class SecureRound:
         chunks: AsyncIterator[pb.MaskedInputChunk],
         on_received: Callable[[str], None] | None = None,
     ) -> pb.UnmaskRequest:
-        first = await anext(chunks, None)
+        try:
+            first = await anext(chunks, None)
+        except UpdateRejected as rejection:  # a first message that does not parse (guarded_handlers)
+            self.metrics.rejected.labels(RejectReason.CORRUPT).inc()
+            raise SecureRoundRefused(Refusal.CORRUPT, rejection.message) from None
         if first is None or first.WhichOneof("part") != "header":
             raise SecureRoundRefused(Refusal.CORRUPT, "a masked-input stream must start with its header")
         header = first.header

@@ -27,6 +27,7 @@ class Refusal(StrEnum):
     DEVICE_MISMATCH = "device_mismatch"  # the request names another device than the token
     NOT_CHECKED_IN = "not_checked_in"  # unknown device (the aggregator restarted): check in again
     BAD_REQUEST = "bad_request"  # a request field outside its range (NaN, infinite, negative)
+    MALFORMED_MESSAGE = "malformed_message"  # the bytes do not parse as the method's message
     # --- model download and evaluation reports -------------------------------------------------------------
     MODEL_VERSION_GONE = "model_version_gone"  # that version is no longer served: ask for a new task
     BAD_REPORT = "bad_report"  # an evaluation report that breaks a rule

@@ -4,7 +4,7 @@ result is exactly what it would have been had the bad message never arrived."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,3 +271,53 @@ def test_a_refused_device_that_stays_silent_ends_the_round_rejected(tmp_path: Pa
     job = make_job(name="reject-outcome")
     np.testing.assert_array_equal(server.weights, build_task(job.spec).model.initial_weights())
     assert server.totals.rejected == {"non_finite": 1}
+
+
+GARBAGE = b"\xff\xff\xff\xff\x0f" + bytes(range(256)) * 4  # a varint that overruns, then noise
+
+
+def test_garbage_bytes_are_refused_counted_and_never_a_traceback(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with running(make_job(), tmp_path, pki) as h:
+            r = await open_round(h)
+            channel = r.a._channel
+            meta = r.a.metadata
+            check_in = channel.unary_unary("/fedfleet.v1.Aggregator/CheckIn")  # raw bytes in and out
+            for _ in range(200):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await check_in(GARBAGE, metadata=meta, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a valid CheckInRequest" in str(refused.value.details())
+                assert dict(refused.value.trailing_metadata() or ())["fedfleet-error"] == "malformed_message"
+            assert h.metric("fedfleet_malformed_messages_total", method="CheckIn") == 200
+
+            # Garbage inside an upload stream, after a good header: a corrupt upload, counted as one.
+            upload = channel.stream_unary("/fedfleet.v1.Aggregator/UploadUpdate")
+            header = next(messages(r.task_a, bytes(codec.encode_vector(delta(r.dim, 0.1))), r.layout))
+
+            async def stream() -> AsyncIterator[bytes]:
+                yield header.SerializeToString()
+                yield GARBAGE
+
+            with pytest.raises(grpc.aio.AioRpcError) as corrupt:
+                await upload(stream(), metadata=meta, timeout=10)
+            assert corrupt.value.code() == grpc.StatusCode.DATA_LOSS
+            assert "not a valid UpdateChunk" in str(corrupt.value.details())
+            assert h.metric("fedfleet_updates_rejected_total", reason="corrupt") == 1
+            assert h.metric("fedfleet_malformed_messages_total", method="UploadUpdate") == 1
+
+            # Both devices can still report: nothing of the garbage reached the round.
+            assert (await r.a.upload_update(r.task_a, delta(r.dim, 0.1), 20, 0.5, r.layout)).accepted
+            assert (await r.b.upload_update(r.task_b, delta(r.dim, 0.3), 20, 0.5, r.layout)).accepted
+            assert await h.finished()
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(scenario())
+    assert not [rec for rec in caplog.records if rec.exc_info], "no traceback is logged"
+    warnings = [rec for rec in caplog.records if "malformed message" in rec.getMessage()]
+    assert 1 <= len(warnings) <= 2, "one rate-limited line, not one per request"
+    ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ckpt is not None and ckpt.round == 1
+    np.testing.assert_array_equal(ckpt.weights, expected_weights(int(ckpt.weights.shape[0])))

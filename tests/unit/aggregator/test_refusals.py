@@ -20,7 +20,7 @@ AGGREGATOR = Path(service.__file__).resolve().parent
 #: The wire strings devices in the field match on. Changing one breaks them: this list changes only by growing.
 WIRE = {
     "token_missing", "token_malformed", "token_bad_signature", "token_wrong_job", "token_expired",
-    "device_mismatch", "not_checked_in", "bad_request", "model_version_gone", "bad_report",
+    "device_mismatch", "not_checked_in", "bad_request", "malformed_message", "model_version_gone", "bad_report",
     "not_in_cohort", "wrong_round", "duplicate", "shape", "dtype", "layout", "non_finite", "bad_weight",
     "too_large", "corrupt", "round_closed", "secure_only", "secagg_malformed",
     "secagg_off", "secagg_excluded", "secagg_stage_closed", "secagg_aborted",
