@@ -50,6 +50,7 @@ def _serve_grpc(params: int, rounds: int, security: Any, state: str, chunk_bytes
     from prometheus_client import CollectorRegistry
 
     from fedfleet.aggregator.app import create_grpc_server
+    from fedfleet.aggregator.guarded_handlers import message_limits
     from fedfleet.aggregator.hub import DeviceHub, HubSettings
     from fedfleet.aggregator.metrics import AggregatorMetrics
     from fedfleet.aggregator.service import AggregatorService
@@ -71,7 +72,8 @@ def _serve_grpc(params: int, rounds: int, security: Any, state: str, chunk_bytes
         journal = RunJournal(Path(state))
         journal.prepare(resume=False)
         service = AggregatorService(hub, TokenVerifier(security.token_key, JOB_NAME), chunk_bytes)
-        server, port = create_grpc_server(service, health.aio.HealthServicer(), security, "127.0.0.1", 0)
+        limits = message_limits(hub.layout, spec.cohort.invited)
+        server, port = create_grpc_server(service, health.aio.HealthServicer(), security, "127.0.0.1", 0, limits)
         await server.start()
         pipe.send(port)
         await serve_rounds(hub, journal)

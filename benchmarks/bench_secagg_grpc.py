@@ -75,6 +75,7 @@ async def _serve(
     from prometheus_client import CollectorRegistry
 
     from fedfleet.aggregator.app import Security, create_grpc_server, job_identity
+    from fedfleet.aggregator.guarded_handlers import message_limits
     from fedfleet.aggregator.hub import DeviceHub, HubSettings
     from fedfleet.aggregator.metrics import AggregatorMetrics
     from fedfleet.aggregator.service import AggregatorService
@@ -102,8 +103,9 @@ async def _serve(
         journal = RunJournal(Path(state))
         journal.prepare(resume=False)
         service = AggregatorService(hub, TokenVerifier(token_key, identity), 1 << 20)
+        limits = message_limits(hub.layout, job.spec.cohort.invited)
         server, port = create_grpc_server(
-            service, health.aio.HealthServicer(), Security(cert, key, ca, token_key), "127.0.0.1", 0
+            service, health.aio.HealthServicer(), Security(cert, key, ca, token_key), "127.0.0.1", 0, limits
         )
         await server.start()
         conn.send(port)

@@ -30,7 +30,7 @@ from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
 from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator
-from .guarded_handlers import MalformedCounter, add_guarded_servicer
+from .guarded_handlers import MalformedCounter, MessageLimits, add_guarded_servicer, message_limits
 from .hub import DeviceHub, HubSettings
 from .inputs import JobInputs, load_inputs
 from .k8s_status import JSON, StatusReporter, outcome_status
@@ -81,6 +81,7 @@ def create_grpc_server(
     security: Security,
     host: str,
     port: int,
+    limits: MessageLimits,
     on_malformed: MalformedCounter | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The TLS gRPC server with the Aggregator service, health checking and reflection; returns it and its port."""
@@ -91,7 +92,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail, not share it
         ]
     )
-    add_guarded_servicer(service, server, on_malformed or MalformedCounter(lambda method: None))
+    add_guarded_servicer(service, server, on_malformed or MalformedCounter(lambda method: None), limits)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)])
@@ -131,6 +132,7 @@ class AggregatorApp:
             settle_seconds=config.settle_seconds,
             poll_seconds=config.poll_seconds,
             device_ttl_seconds=config.device_ttl_seconds,
+            upload_idle_seconds=config.upload_idle_seconds,
             max_update_bytes=config.max_update_bytes,
         )
         self.identity = job_identity(job)
@@ -171,8 +173,9 @@ class AggregatorApp:
             self.hub, TokenVerifier(self.security.token_key, self.identity), self.config.chunk_bytes
         )
         on_malformed = MalformedCounter(lambda method: self.metrics.malformed.labels(method).inc())
+        limits = message_limits(self.hub.layout, self.job.spec.cohort.invited)
         server, self.grpc_port = create_grpc_server(
-            service, self._health, self.security, self.config.listen.host, self.config.listen.port, on_malformed
+            service, self._health, self.security, self.config.listen.host, self.config.listen.port, limits, on_malformed
         )
         await server.start()
         self._server = server

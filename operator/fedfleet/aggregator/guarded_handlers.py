@@ -1,6 +1,10 @@
-"""Registering the Aggregator servicer so that bytes which do not parse as the method's message are a
-refusal — INVALID_ARGUMENT for a request, DATA_LOSS inside an upload stream — counted by method, logged at
-most once per interval, and never a traceback.
+"""Registering the Aggregator servicer so that bytes which do not parse as the method's message, or are
+larger than the method needs, are a refusal — INVALID_ARGUMENT for a request, DATA_LOSS inside an upload
+stream — counted by method, logged at most once per interval, and never a traceback.
+
+Sizes are checked on the wire bytes before protobuf builds any object: a request is at most what its method
+needs (`MessageLimits`), and the header of an upload stream at most what the job's tensor layout needs, so
+a header padded with a million empty tensor specs is refused unparsed instead of costing 100 MB of objects.
 
 grpcio's generated `add_AggregatorServicer_to_server` deserializes with `Message.FromString`; when that
 raises, grpc logs a full ERROR traceback and answers UNKNOWN, for every such request, so a hostile client
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -20,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from fedfleet.engine.round import UpdateRejected
 from fedfleet.engine.types import RejectReason
+from fedfleet.proto import codec
 from fedfleet.proto.refusals import ERROR_KEY, Refusal
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 
@@ -28,6 +34,40 @@ log = logging.getLogger("fedfleet.aggregator")
 SERVICE = pb.DESCRIPTOR.services_by_name["Aggregator"]
 #: At most one log line about malformed messages per this many seconds.
 LOG_INTERVAL_SECONDS = 10.0
+
+
+#: Largest request of a method not named in MessageLimits.per_method: check-ins, polls, reports, keys.
+SMALL_REQUEST_BYTES = 64 << 10
+#: Top-level fields a message may carry; protobuf would merge any number of repeats, each costing a parse.
+MAX_TOP_LEVEL_FIELDS = 16
+#: The `header` field of UpdateChunk and MaskedInputChunk.
+HEADER_FIELD = 1
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """Bytes a message of each method may have on the wire, and an upload stream's header."""
+
+    per_method: dict[str, int] = field(default_factory=dict)  # whole-message limits; others: SMALL_REQUEST_BYTES
+    headers: dict[str, int] = field(default_factory=dict)  # the header field of each streaming method
+
+    def for_method(self, method: str) -> int:
+        return self.per_method.get(method, SMALL_REQUEST_BYTES)
+
+
+def message_limits(layout: codec.Layout, max_cohort: int) -> MessageLimits:
+    """Limits for a job whose model has `layout` and whose rounds invite at most `max_cohort` devices."""
+    widest = pb.UpdateHeader(
+        round=2**31, model_version=2**31, num_examples=2**31, train_loss=1.0, dtype="float32",
+        layout=codec.layout_to_proto(layout), total_bytes=2**40,
+    )  # fmt: skip
+    header = 2 * widest.ByteSize() + 4096
+    streams = {"UploadUpdate": codec.MAX_MESSAGE_BYTES, "UploadMaskedInput": codec.MAX_MESSAGE_BYTES}
+    return MessageLimits(
+        per_method={**streams, "ShareKeys": codec.MAX_MESSAGE_BYTES},
+        # A masked input's header lists the neighbours it complains about: one slot number each at most.
+        headers={"UploadUpdate": header, "UploadMaskedInput": SMALL_REQUEST_BYTES + 8 * max_cohort},
+    )
 
 
 class Malformed:
@@ -59,12 +99,15 @@ class MalformedCounter:
             self._logged_at, self._unlogged = now, 0
 
 
-def add_guarded_servicer(servicer: Any, server: grpc.aio.Server, on_malformed: MalformedCounter) -> None:
+def add_guarded_servicer(
+    servicer: Any, server: grpc.aio.Server, on_malformed: MalformedCounter, limits: MessageLimits
+) -> None:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in SERVICE.methods:
         request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
         behaviour = getattr(servicer, method.name)
-        deserialize = _guarded(request_type)
+        header_limit = limits.headers.get(method.name)
+        deserialize = _guarded(request_type, limits.for_method(method.name), header_limit)
         serialize = response_type.SerializeToString
         if not method.client_streaming and not method.server_streaming:
             handler = grpc.unary_unary_rpc_method_handler(
@@ -84,14 +127,71 @@ def add_guarded_servicer(servicer: Any, server: grpc.aio.Server, on_malformed: M
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
 
 
-def _guarded(message_type: Any) -> Callable[[bytes], Any]:
+def _guarded(message_type: Any, max_bytes: int, header_limit: int | None) -> Callable[[bytes], Any]:
+    name = message_type.DESCRIPTOR.name
+
     def deserialize(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return Malformed(name, f"{len(data)} bytes, more than the {max_bytes} this method takes")
+        try:
+            fields = top_level_fields(data)
+        except ValueError as exc:
+            return Malformed(name, str(exc))
+        if header_limit is not None:
+            for number, length in fields:
+                if number == HEADER_FIELD and length > header_limit:
+                    return Malformed(
+                        name, f"a header of {length} bytes; this job's layout needs at most {header_limit}"
+                    )
         try:
             return message_type.FromString(data)
         except DecodeError as exc:
-            return Malformed(message_type.DESCRIPTOR.name, str(exc))
+            return Malformed(name, str(exc))
 
     return deserialize
+
+
+def top_level_fields(data: bytes) -> list[tuple[int, int]]:
+    """(field number, bytes) of each top-level field, read from the wire format without parsing values.
+    Raises ValueError for bytes that are not a protobuf message or carry too many fields."""
+    fields: list[tuple[int, int]] = []
+    at, end = 0, len(data)
+    while at < end:
+        if len(fields) >= MAX_TOP_LEVEL_FIELDS:
+            raise ValueError(f"more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
+        tag, at = _varint(data, at)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire_type == 0:
+            _, at = _varint(data, at)
+            length = 0
+        elif wire_type == 1:
+            length, at = 8, at + 8
+        elif wire_type == 2:
+            length, at = _varint(data, at)
+            at += length
+        elif wire_type == 5:
+            length, at = 4, at + 4
+        else:
+            raise ValueError(f"wire type {wire_type} is not used by fedfleet.v1")
+        if at > end:
+            raise ValueError("truncated field")
+        fields.append((number, length))
+    return fields
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 async def _refuse(context: Any, method: str, malformed: Malformed, on_malformed: MalformedCounter) -> None:

@@ -33,7 +33,7 @@ from .campaigns import EvaluationCampaign
 from .devices import DeviceRegistry, DeviceState
 from .metrics import AggregatorMetrics
 from .secure_round import SecureRound, SecureRoundRefused
-from .upload import PayloadAssembler, check_declared_size, decode_update, read_header
+from .upload import PayloadAssembler, check_declared_size, decode_update, idle_bounded, read_header
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class HubSettings:
     poll_seconds: float = 10.0
     device_ttl_seconds: float = 60.0
     max_update_bytes: int | None = None  # default: the model in float32
+    upload_idle_seconds: float = 30.0  # an upload stream silent for this long is dropped (wall seconds)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class DeviceHub:
         self._tasks_changed = asyncio.Event()  # wakes long-polls: a round or campaign opened or closed
         self._progress = asyncio.Event()  # wakes the round loop: an upload, report or check-in arrived
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
+        self._open_uploads: set[tuple[str, int]] = set()  # (device, round) of the streams being received
 
     # ---- what the round loop changes ---------------------------------------------------------------------
 
@@ -241,15 +243,22 @@ class DeviceHub:
                     RejectReason.SECURE_ONLY,
                     "this job runs secure aggregation: send the update as a masked input (UploadMaskedInput)",
                 )
+            key = (device_id, header.round)
+            if key in self._open_uploads:
+                # One stream per device and round: more would only multiply what one device holds open.
+                raise UpdateRejected(
+                    RejectReason.BUSY, f"an upload for round {header.round} from {device_id} is still open"
+                )
             target = self._admit(device_id, header.round)
         except UpdateRejected as rejection:
             self._count_rejection(rejection.reason)
             raise
         assembler: PayloadAssembler | None = None
+        self._open_uploads.add(key)
         try:
             check_declared_size(header, self.max_update_bytes)
             assembler = PayloadAssembler(header.total_bytes, self.hasher)
-            async for chunk in chunks:
+            async for chunk in idle_bounded(chunks, self.settings.upload_idle_seconds):
                 self.metrics.bytes_received.inc(assembler.add(chunk))
             update = decode_update(device_id, header, await assembler.finish(), self.layout)
         except UpdateRejected as rejection:
@@ -258,6 +267,8 @@ class DeviceHub:
             target.reject(device_id, rejection)
             self._count_rejection(rejection.reason)
             raise
+        finally:
+            self._open_uploads.discard(key)
         try:
             outcome = target.submit(update, now=self.job_now())
         except UpdateRejected as rejection:

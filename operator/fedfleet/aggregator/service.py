@@ -42,6 +42,8 @@ REJECTION_CODES: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.ROUND_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.SECURE_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.SECAGG_MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.STALLED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    RejectReason.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 #: The protocol's name for each rejection of an update. Spelled out rather than derived from the engine's
@@ -60,6 +62,8 @@ REJECTION_REFUSALS: dict[RejectReason, Refusal] = {
     RejectReason.ROUND_CLOSED: Refusal.ROUND_CLOSED,
     RejectReason.SECURE_ONLY: Refusal.SECURE_ONLY,
     RejectReason.SECAGG_MALFORMED: Refusal.SECAGG_MALFORMED,
+    RejectReason.STALLED: Refusal.STALLED,
+    RejectReason.BUSY: Refusal.BUSY,
 }
 
 #: Secure-aggregation refusals (SecureRoundRefused.reason). Only `secagg_malformed` drops the device for

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from fedfleet.engine.round import UpdateRejected
 from fedfleet.engine.types import ModelUpdate, RejectReason
 from fedfleet.proto import codec
 from fedfleet.proto.v1 import aggregator_pb2 as pb
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ class PayloadAssembler:
 
     def __init__(self, total_bytes: int, hasher: Executor) -> None:
         self._total_bytes = total_bytes
-        self._buffer = bytearray(total_bytes)
-        self._view = memoryview(self._buffer)
+        # Grows as bytes arrive: a stream that declares a full update and then stalls reserves nothing.
+        self._buffer = bytearray()
         self._received = 0
         self._hash = hashlib.sha256()
         self._hasher = hasher
@@ -97,7 +101,7 @@ class PayloadAssembler:
                 RejectReason.CORRUPT,
                 f"the stream carries more than the {self._total_bytes} bytes its header declares",
             )
-        self._view[self._received : end] = data
+        self._buffer += data
         self._pending = self._hasher.submit(self._hash.update, data)
         self._received = end
         return len(data)
@@ -115,13 +119,28 @@ class PayloadAssembler:
             raise UpdateRejected(RejectReason.CORRUPT, "the stream ended without its SHA-256 trailer (truncated)")
         if self._hash.digest() != self._digest:
             raise UpdateRejected(RejectReason.CORRUPT, "SHA-256 digest mismatch: the payload was corrupted in transit")
-        self._view.release()
         return self._buffer
 
     async def abandon(self) -> None:
         """Wait for the hashing of a refused stream to stop touching its chunks."""
         if self._pending is not None:
             await asyncio.wrap_future(self._pending)
+
+
+async def idle_bounded(chunks: AsyncIterator[T], idle_seconds: float) -> AsyncIterator[T]:
+    """The stream's messages, refusing it (STALLED) once it sends nothing for `idle_seconds`: an open stream
+    holds a place in its round and memory, so a silent one must not hold them for ever."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UpdateRejected(
+                RejectReason.STALLED, f"the upload sent nothing for {idle_seconds:g} s and was dropped"
+            ) from None
+        yield chunk
 
 
 def decode_update(device_id: str, header: UploadHeader, payload: bytearray, layout: codec.Layout) -> ModelUpdate:

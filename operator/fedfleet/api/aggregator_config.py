@@ -105,6 +105,9 @@ class AggregatorConfig(_Section):
     poll_seconds: float = Field(10.0, gt=0, le=300, description="longest GetTask long-poll")
     device_ttl_seconds: float = Field(60.0, gt=0, le=86400, description="a silent device counts as gone after this")
     linger_seconds: float = Field(5.0, ge=0, le=3600, description="keep telling devices DONE after the job ends")
+    upload_idle_seconds: float = Field(
+        30.0, gt=0, le=3600, description="an upload stream that sends nothing for this long is dropped"
+    )
     # Optional so that configurations written before these fields existed still load.
     fleet_size: int | None = Field(
         None,

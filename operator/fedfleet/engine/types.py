@@ -58,6 +58,8 @@ class RejectReason(StrEnum):
     ROUND_CLOSED = "round_closed"
     SECURE_ONLY = "secure_only"  # a plaintext update in a round that runs secure aggregation
     SECAGG_MALFORMED = "secagg_malformed"  # a secure-aggregation message failed validation
+    STALLED = "stalled"  # the upload stream sent nothing for longer than the idle timeout
+    BUSY = "busy"  # another upload from the same device for the same round is still open
 
 
 @dataclass

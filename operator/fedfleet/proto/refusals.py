@@ -45,6 +45,8 @@ class Refusal(StrEnum):
     ROUND_CLOSED = "round_closed"  # the round closed before the update arrived: it counts as late
     SECURE_ONLY = "secure_only"  # a plaintext update in a round that runs secure aggregation
     SECAGG_MALFORMED = "secagg_malformed"  # a secure-aggregation message failed validation
+    STALLED = "stalled"  # the upload stream sent nothing for longer than the idle timeout
+    BUSY = "busy"  # another upload from the same device for the same round is still open
     # --- secure-aggregation stages -------------------------------------------------------------------------
     SECAGG_OFF = "secagg_off"  # a secure-aggregation call in a job without it
     SECAGG_EXCLUDED = "secagg_excluded"  # this device is no longer part of the round's protocol

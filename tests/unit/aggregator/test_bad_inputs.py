@@ -321,3 +321,85 @@ def test_garbage_bytes_are_refused_counted_and_never_a_traceback(
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ckpt is not None and ckpt.round == 1
     np.testing.assert_array_equal(ckpt.weights, expected_weights(int(ckpt.weights.shape[0])))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_header_padded_with_a_million_tensor_specs_is_refused_unparsed(tmp_path: Path, pki: Pki) -> None:
+    # UpdateHeader.layout (field 6) holding 1,000,000 empty TensorSpecs: 2 MB on the wire, ~115 MB of
+    # objects once parsed. Built as bytes here, so the test itself never holds those objects either.
+    header = _varint(1 << 3) + _varint(1) + (bytes([6 << 3 | 2, 0]) * 1_000_000)
+    chunk = bytes([1 << 3 | 2]) + _varint(len(header)) + header
+
+    async def scenario() -> None:
+        async with running(make_job(), tmp_path, pki) as h:
+            r = await open_round(h)
+            upload = r.outsider._channel.stream_unary("/fedfleet.v1.Aggregator/UploadUpdate")
+
+            async def stream() -> AsyncIterator[bytes]:
+                yield chunk
+
+            before = rss_bytes()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(4):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await upload(stream(), metadata=r.outsider.metadata, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+                assert "this job's layout needs at most" in str(refused.value.details())
+            assert loop.time() - started < 20
+            assert rss_bytes() - before < 60 << 20, "refused headers must not be parsed into objects"
+            # The round goes on as if nothing happened.
+            assert (await r.a.upload_update(r.task_a, delta(r.dim, 0.1), 20, 0.5, r.layout)).accepted
+            assert (await r.b.upload_update(r.task_b, delta(r.dim, 0.3), 20, 0.5, r.layout)).accepted
+            assert await h.finished()
+
+    asyncio.run(scenario())
+
+
+def test_stalled_uploads_hold_neither_a_place_nor_memory(tmp_path: Path, pki: Pki) -> None:
+    async def scenario() -> None:
+        async with running(make_job(), tmp_path, pki, upload_idle_seconds=1.0) as h:
+            r = await open_round(h)
+            payload = bytes(codec.encode_vector(delta(r.dim, 0.1)))
+            header = next(messages(r.task_a, payload, r.layout))
+            stall = asyncio.Event()
+
+            async def stalled() -> AsyncIterator[pb.UpdateChunk]:
+                yield header  # declares a whole update, then sends nothing
+                await stall.wait()
+
+            first = asyncio.create_task(r.a.send_upload(stalled(), timeout=60))
+            await asyncio.sleep(0.3)
+            with pytest.raises(AggregatorError) as busy:  # a second stream while the first is open
+                await r.a.send_upload(stalled(), timeout=60)
+            assert busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and busy.value.reason == "busy"
+            with pytest.raises(AggregatorError) as dropped:  # the idle timeout ends the first
+                await first
+            assert dropped.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and dropped.value.reason == "stalled"
+            stall.set()
+            assert h.metric("fedfleet_updates_rejected_total", reason="stalled") == 1
+            assert h.metric("fedfleet_updates_rejected_total", reason="busy") == 1
+            # Neither left a trace: the device uploads its update as usual.
+            assert (await r.a.upload_update(r.task_a, delta(r.dim, 0.1), 20, 0.5, r.layout)).accepted
+            assert (await r.b.upload_update(r.task_b, delta(r.dim, 0.3), 20, 0.5, r.layout)).accepted
+            assert await h.finished()
+        ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
+        assert ckpt is not None
+        np.testing.assert_array_equal(ckpt.weights, expected_weights(int(ckpt.weights.shape[0])))
+
+    asyncio.run(scenario())

@@ -22,7 +22,7 @@ WIRE = {
     "token_missing", "token_malformed", "token_bad_signature", "token_wrong_job", "token_expired",
     "device_mismatch", "not_checked_in", "bad_request", "malformed_message", "model_version_gone", "bad_report",
     "not_in_cohort", "wrong_round", "duplicate", "shape", "dtype", "layout", "non_finite", "bad_weight",
-    "too_large", "corrupt", "round_closed", "secure_only", "secagg_malformed",
+    "too_large", "corrupt", "round_closed", "secure_only", "secagg_malformed", "stalled", "busy",
     "secagg_off", "secagg_excluded", "secagg_stage_closed", "secagg_aborted",
 }  # fmt: skip
 
