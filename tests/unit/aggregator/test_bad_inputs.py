@@ -403,3 +403,42 @@ def test_stalled_uploads_hold_neither_a_place_nor_memory(tmp_path: Path, pki: Pk
         np.testing.assert_array_equal(ckpt.weights, expected_weights(int(ckpt.weights.shape[0])))
 
     asyncio.run(scenario())
+
+
+def test_random_bytes_to_every_method_get_a_precise_status(tmp_path: Path, pki: Pki) -> None:
+    rng = np.random.default_rng(7)
+    methods = [m for m in pb.DESCRIPTOR.services_by_name["Aggregator"].methods]
+    precise = {
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS,
+    }  # fmt: skip
+
+    async def scenario() -> None:
+        async with running(make_job(), tmp_path, pki) as h:
+            r = await open_round(h)
+            channel, meta = r.outsider._channel, r.outsider.metadata
+            seen: dict[str, set[grpc.StatusCode]] = {}
+            for method in methods:
+                path = f"/fedfleet.v1.Aggregator/{method.name}"
+                for _ in range(40):
+                    size = int(rng.integers(1, 300))
+                    data = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
+                    try:
+                        if method.client_streaming:
+                            await channel.stream_unary(path)(iter([data]), metadata=meta, timeout=10)
+                        elif method.server_streaming:
+                            async for _ in channel.unary_stream(path)(data, metadata=meta, timeout=10):
+                                pass
+                        else:
+                            await channel.unary_unary(path)(data, metadata=meta, timeout=10)
+                    except grpc.aio.AioRpcError as err:
+                        seen.setdefault(method.name, set()).add(err.code())
+            for name, codes in seen.items():
+                assert codes <= precise, f"{name}: {codes - precise}"
+            # The round is untouched by all of it.
+            assert (await r.a.upload_update(r.task_a, delta(r.dim, 0.1), 20, 0.5, r.layout)).accepted
+            assert (await r.b.upload_update(r.task_b, delta(r.dim, 0.3), 20, 0.5, r.layout)).accepted
+            assert await h.finished()
+
+    asyncio.run(scenario())
