@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from busy_machine import MachineSpeed
+
 FEDFLEET = Path(sys.executable).with_name("fedfleet")
 
 JOB = """\
@@ -83,7 +85,7 @@ def test_run_writes_model_metrics_and_plot(tmp_path: Path) -> None:
     assert "already holds a run" in again.stderr and "--resume" in again.stderr
 
 
-def test_kill_9_mid_run_then_resume_gives_bit_identical_weights(tmp_path: Path) -> None:
+def test_kill_9_mid_run_then_resume_gives_bit_identical_weights(tmp_path: Path, machine_speed: MachineSpeed) -> None:
     rounds = 14
     job = write_job(tmp_path, rounds)
     straight = tmp_path / "straight"
@@ -99,7 +101,7 @@ def test_kill_9_mid_run_then_resume_gives_bit_identical_weights(tmp_path: Path) 
         start_new_session=True,
     )
     metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + machine_speed.seconds(120)
     while time.monotonic() < deadline:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
             break

@@ -18,10 +18,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from busy_machine import MachineSpeed
 from fedfleet.persist.checkpoint import load_checkpoint
 
 FEDFLEET = Path(sys.executable).with_name("fedfleet")
 ROUNDS = 14
+#: Wall seconds per job second on an idle machine (a 20 s deadline is 1 s), stretched by the measured slowdown:
+#: the aggregator and the fleet do real training and TLS inside every round's deadline.
+IDLE_TIME_SCALE = 0.05
 
 JOB = f"""\
 apiVersion: fedfleet.io/v1alpha1
@@ -82,7 +86,8 @@ def start_aggregator(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) -> None:
+def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path, machine_speed: MachineSpeed) -> None:
+    scale, wall = machine_speed.time_scale(IDLE_TIME_SCALE), machine_speed.seconds
     grpc_port, http_port = free_port(), free_port()
     state = tmp_path / "state"
     (tmp_path / "job.yaml").write_text(JOB)
@@ -91,18 +96,18 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
         f"job: job.yaml\nlisten: {{host: 127.0.0.1, port: {grpc_port}}}\nhttp: {{host: 127.0.0.1, port: {http_port}}}\n"
         "tls: {cert: tls/server.crt, key: tls/server.key, ca: tls/ca.crt, generate: true}\n"
         "auth: {tokenKey: token.key, generate: true}\n"
-        "stateDir: state\ntimeScale: 0.05\nsettleSeconds: 0.5\npollSeconds: 2\nlingerSeconds: 10\n"
+        f"stateDir: state\ntimeScale: {scale}\nsettleSeconds: 0.5\npollSeconds: 2\nlingerSeconds: {wall(10)}\n"
     )
     log = tmp_path / "aggregator.log"
     fleet_log = tmp_path / "fleet.log"
     aggregator = start_aggregator(config, log)
     fleet: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the aggregator to be ready")
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, wall(60), "the aggregator to be ready")
         fleet = subprocess.Popen(
             [str(FEDFLEET), "device-sim", "--aggregator", f"127.0.0.1:{grpc_port}", "--job", str(tmp_path / "job.yaml"),
-             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"), "--time-scale", "0.05",
-             "--give-up-after", "90",
+             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"),
+             "--time-scale", str(scale), "--give-up-after", str(wall(90)),
              "--log-level", "INFO"],
             stdout=subprocess.PIPE, stderr=fleet_log.open("wb"), start_new_session=True,
         )  # fmt: skip
@@ -111,7 +116,7 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
         def finished_rounds() -> int:
             return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
-        wait_for(lambda: finished_rounds() >= 3, 90, "three finished rounds")
+        wait_for(lambda: finished_rounds() >= 3, wall(90), "three finished rounds")
 
         def mid_round() -> bool:
             status, text = get(http_port, "/metrics")
@@ -123,7 +128,7 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
                 and (g["fedfleet_received_bytes_total"] > 0)
             )
 
-        wait_for(mid_round, 30, "a round in progress")
+        wait_for(mid_round, wall(30), "a round in progress")
         os.killpg(aggregator.pid, signal.SIGKILL)
         aggregator.wait()
         killed_after = finished_rounds()
@@ -132,7 +137,7 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
         assert ckpt is not None and ckpt.round == killed_after
 
         aggregator = start_aggregator(config, log)
-        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the restarted aggregator to be ready")
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, wall(60), "the restarted aggregator to be ready")
         _status, text = get(http_port, "/metrics")
         g = gauges(text)
         resumed_at = int(g["fedfleet_rounds_completed"])
@@ -141,10 +146,10 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
         assert g["fedfleet_participants_total{outcome=completed}"] == sum(r["participants"] for r in records)
         assert g["fedfleet_rounds_total{result=succeeded}"] + g["fedfleet_rounds_total{result=failed}"] == resumed_at, g
 
-        out, _err = fleet.communicate(timeout=120)
+        out, _err = fleet.communicate(timeout=wall(120))
         assert fleet.returncode == 0, out.decode() + fleet_log.read_text()[-3000:]
         assert "30/30 devices finished" in out.decode()
-        assert aggregator.wait(timeout=30) == 0, log.read_text()[-2000:]
+        assert aggregator.wait(timeout=wall(30)) == 0, log.read_text()[-2000:]
     finally:
         for proc in (aggregator, fleet):
             if proc is not None and proc.poll() is None:
@@ -168,28 +173,30 @@ def test_sigkill_mid_round_then_restart_resumes_and_completes(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_with_a_consistent_checkpoint(tmp_path: Path) -> None:
+def test_sigterm_stops_cleanly_with_a_consistent_checkpoint(tmp_path: Path, machine_speed: MachineSpeed) -> None:
+    scale, wall = machine_speed.time_scale(IDLE_TIME_SCALE), machine_speed.seconds
     grpc_port, http_port = free_port(), free_port()
     (tmp_path / "job.yaml").write_text(JOB)
     config = tmp_path / "aggregator.yaml"
     config.write_text(
         f"job: job.yaml\nlisten: {{host: 127.0.0.1, port: {grpc_port}}}\nhttp: {{host: 127.0.0.1, port: {http_port}}}\n"
-        "tls: {generate: true}\nauth: {generate: true}\nstateDir: state\ntimeScale: 0.05\nsettleSeconds: 0.5\n"
+        f"tls: {{generate: true}}\nauth: {{generate: true}}\nstateDir: state\ntimeScale: {scale}\nsettleSeconds: 0.5\n"
     )
     log = tmp_path / "aggregator.log"
     aggregator = start_aggregator(config, log)
     fleet: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: get(http_port, "/readyz")[0] == 200, 60, "the aggregator to be ready")
+        wait_for(lambda: get(http_port, "/readyz")[0] == 200, wall(60), "the aggregator to be ready")
         fleet = subprocess.Popen(
             [str(FEDFLEET), "device-sim", "--aggregator", f"127.0.0.1:{grpc_port}", "--job", str(tmp_path / "job.yaml"),
-             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"), "--time-scale", "0.05"],
+             "--token-key", str(tmp_path / "token.key"), "--ca", str(tmp_path / "tls/ca.crt"),
+             "--time-scale", str(scale)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         metrics = tmp_path / "state/metrics.jsonl"
-        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 60, "two rounds")
+        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, wall(60), "two rounds")
         aggregator.send_signal(signal.SIGTERM)
-        assert aggregator.wait(timeout=15) == 3  # stopped before the job's end
+        assert aggregator.wait(timeout=wall(15)) == 3  # stopped before the job's end
     finally:
         for proc in (aggregator, fleet):
             if proc is not None and proc.poll() is None:

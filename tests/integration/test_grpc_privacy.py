@@ -14,6 +14,7 @@ from grpc_support import fleet_settings, loopback_aggregator_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from busy_machine import IDLE_MACHINE, MachineSpeed
 from fedfleet.aggregator.app import AggregatorApp, final_outcome, prepare_security
 from fedfleet.api.aggregator_config import AggregatorConfig
 from fedfleet.api.federatedjob import FederatedJob
@@ -40,8 +41,9 @@ def dp_job(**privacy: Any) -> FederatedJob:
     )
 
 
-def config_for(state: Path, ledger: Path | None = None) -> AggregatorConfig:
-    return loopback_aggregator_config("dp-grpc", state, ledger_path=ledger)
+def config_for(state: Path, speed: MachineSpeed = IDLE_MACHINE, ledger: Path | None = None) -> AggregatorConfig:
+    """The aggregator's config; `speed` matters only to a test that runs rounds."""
+    return loopback_aggregator_config("dp-grpc", state, speed, ledger_path=ledger)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -54,11 +56,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> None:
+def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path, machine_speed: MachineSpeed) -> None:
     job = dp_job(differentialPrivacy={"mode": "central", "noiseMultiplier": 1.5, "targetEpsilon": TARGET})
     task = build_task(job.spec)
     state = tmp_path / "state"
-    config = config_for(state)
+    config = config_for(state, machine_speed)
     security = prepare_security(config, job)
     app = AggregatorApp(job, config, security, inputs=task.aggregator_inputs(), registry=CollectorRegistry())
     seen: dict[str, Any] = {}
@@ -66,12 +68,12 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     async def scenario() -> FleetReport:
         await app.start()
         assert app.http_port is not None
-        settings = fleet_settings(app, security, 15.0)
+        settings = fleet_settings(app, security, machine_speed.seconds(15.0))
         fleet = asyncio.create_task(run_fleet(job, settings, task=task))
         try:
             seen["completed"] = await app.run()
             await app.linger()
-            report = await asyncio.wait_for(fleet, 20)
+            report = await asyncio.wait_for(fleet, machine_speed.seconds(20.0))
             seen["metrics"] = await asyncio.to_thread(scrape, app.http_port)
         finally:
             await app.stop()
@@ -80,10 +82,12 @@ def test_central_dp_job_stops_before_its_target_over_grpc(tmp_path: Path) -> Non
     report = asyncio.run(scenario())
     # The job ended cleanly: every device heard DONE and finished, as at a normal end.
     assert seen["completed"] is True
-    assert report.errors == [] and report.completed == 20, report.errors[:3]
+    assert report.errors == [] and report.completed == 20, (report.errors[:3], str(machine_speed))
     assert app.hub.all_told_done()
 
     records = [json.loads(line) for line in (state / "metrics.jsonl").read_text().splitlines()]
+    # Every round succeeds (a failed round releases nothing and spends no ε), so ε counts rounds.
+    assert all(r["succeeded"] for r in records), ([(r["round"], r["failure"]) for r in records], str(machine_speed))
     assert 1 <= len(records) < ROUNDS
     assert [r["round"] for r in records] == list(range(1, len(records) + 1))
     epsilons = [r["epsilon"] for r in records]
@@ -120,7 +124,7 @@ def test_restarted_aggregator_keeps_its_ledger_key_and_a_new_run_gets_a_new_one(
     ledger = tmp_path / "shared-ledger.db"
 
     def job_key(state: Path) -> str:
-        config = config_for(state, ledger)
+        config = config_for(state, ledger=ledger)
         app = AggregatorApp(
             job, config, prepare_security(config, job), inputs=task.aggregator_inputs(), registry=CollectorRegistry()
         )

@@ -32,6 +32,25 @@ log = logging.getLogger("fedfleet.device")
 FATAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
+def describe_failure(exc: BaseException, doing: str | None = None) -> str:
+    """A device's failure in one line that is never empty: the exception's type, its message (TimeoutError and
+    CancelledError usually have none), what caused it, and what the device was doing, e.g.
+    "TimeoutError (no message) while downloading model version 3 for round 4".
+
+    What the device was doing comes from the note `DeviceAgent.run` adds to the exception, else from `doing`
+    (the agent's `doing`): a task that ended in CancelledError hands a new, bare one to `asyncio.gather`."""
+    message = str(exc).strip()
+    text = type(exc).__name__ + (f": {message}" if message else " (no message)")
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        cause_message = str(cause).strip()
+        text += f" (from {type(cause).__name__}" + (f": {cause_message})" if cause_message else ")")
+    notes = [str(note).strip() for note in getattr(exc, "__notes__", ()) if str(note).strip()]
+    if not notes and doing:
+        notes = [f"while {doing}"]
+    return " ".join([text, *notes])
+
+
 class Trainer(Protocol):
     async def train(self, task: Task, weights: Vector) -> LocalResult | None:
         """The local update for a TRAIN task, or None when the device drops out of the round."""
@@ -79,13 +98,24 @@ class DeviceAgent:
         self._last_contact = time.monotonic()
         self._backoff = Backoff()
         self._sent_secure = SentRounds()
+        self.doing = "starting"  # what the agent is doing now, for the note on a failure that ends `run`
 
     async def run(self, stop: asyncio.Event | None = None) -> AgentStats:
-        """Take part until the job is done (or `stop` is set). Raises AggregatorError when refused for good."""
-        stop = stop or asyncio.Event()
+        """Take part until the job is done (or `stop` is set). Raises AggregatorError when refused for good.
+
+        Whatever ends the run with an exception carries a note of what the agent was doing at the time
+        (`describe_failure` shows it): a TimeoutError or CancelledError has no message of its own."""
+        try:
+            return await self._run(stop or asyncio.Event())
+        except BaseException as exc:
+            exc.add_note(f"while {self.doing}")
+            raise
+
+    async def _run(self, stop: asyncio.Event) -> AgentStats:
         await self._check_in()
         while not stop.is_set() and not self.stats.done:
             try:
+                self.doing = f"waiting for a task for round {self.next_round}"
                 task = await self.client.next_task(
                     available=self.availability(self.next_round),
                     for_round=self.next_round,
@@ -99,6 +129,7 @@ class DeviceAgent:
         return self.stats
 
     async def _check_in(self) -> None:
+        self.doing = f"checking in for round {self.next_round}"
         available = self.availability(self.next_round)
         result = await self.client.check_in(
             consent=self.consent, capabilities=self.capabilities, available=available, for_round=self.next_round
@@ -130,6 +161,7 @@ class DeviceAgent:
             if time.monotonic() - self._last_contact > self.client.give_up_after:
                 raise err
             log.info("%s: %s; retrying", self.client.device_id, err)
+            self.doing = f"backing off after {err}"
             await asyncio.sleep(next(self._backoff.delays()))
             return
         if err.reason is not None and err.code != grpc.StatusCode.NOT_FOUND:
@@ -147,6 +179,7 @@ class DeviceAgent:
 
     async def _weights(self, task: Task) -> Model:
         if self._model is None or self._model.version != task.model_version:
+            self.doing = f"downloading model version {task.model_version} for round {task.round}"
             self._model = await self.client.download_model(task.model_version, deadline=task.deadline)
         return self._model
 
@@ -158,6 +191,7 @@ class DeviceAgent:
         result = await self._local_update(task, model, stop)
         if result is None:
             return
+        self.doing = f"uploading the update of round {task.round}"
         receipt = await self.client.upload_update(
             task, result.delta, result.num_examples, result.train_loss, self.layout or model.layout
         )
@@ -169,6 +203,7 @@ class DeviceAgent:
 
     async def _local_update(self, task: Task, model: Model, stop: asyncio.Event) -> LocalResult | None:
         """Train; None when the device dropped out (it then sits out the round) or finished past the deadline."""
+        self.doing = f"training for round {task.round}"
         result = await self.trainer.train(task, model.weights)
         if result is None:
             # Gone for the rest of the round (switched off, out of coverage): back after its deadline.
@@ -189,10 +224,12 @@ class DeviceAgent:
         try:
             model = await self._weights(task)
             session = SecureSession(self.client, task, self._sent_secure)
+            self.doing = f"exchanging keys for secure round {task.round}"
             await session.exchange_keys()
             result = await self._local_update(task, model, stop)
             if result is None:
                 return
+            self.doing = f"masking, sending and unmasking the update of secure round {task.round}"
             self.next_round = await session.submit(result.delta, result.num_examples)
             self.stats.accepted += 1
         except SecureRoundRefusedByDevice as refusal:
@@ -209,9 +246,11 @@ class DeviceAgent:
 
     async def _evaluate(self, task: Task) -> None:
         model = await self._weights(task)
+        self.doing = f"evaluating model version {task.model_version}"
         result = await self.trainer.evaluate(task, model.weights)
         if result is None:
             return
+        self.doing = f"reporting the evaluation of model version {task.model_version}"
         await self.client.report_evaluation(
             task, num_examples=result.num_examples, loss=result.loss, accuracy=result.accuracy
         )

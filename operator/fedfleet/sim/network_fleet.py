@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from fedfleet.api.federatedjob import FederatedJob
-from fedfleet.device.agent import AgentStats, DeviceAgent
+from fedfleet.device.agent import AgentStats, DeviceAgent, describe_failure
 from fedfleet.device.client import Capabilities, DeviceClient, Task
 from fedfleet.device.retry import Backoff
 from fedfleet.device.torch_trainer import ModelPool, TorchTrainer
@@ -116,6 +116,7 @@ async def run_fleet(
     models = ModelPool(task.model.new_model)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="fleet-train")
     report = FleetReport(devices=count)
+    agents: dict[int, DeviceAgent] = {}  # what each device was doing when it failed (describe_failure)
     started = time.monotonic()
 
     async def one(ordinal: int) -> AgentStats:
@@ -149,6 +150,7 @@ async def run_fleet(
                 ),
                 availability=_availability(profile, interval_hours),
             )
+            agents[ordinal] = agent
             try:
                 return await agent.run(stop)
             finally:
@@ -160,7 +162,8 @@ async def run_fleet(
         executor.shutdown(wait=False, cancel_futures=True)
     for ordinal, outcome in enumerate(results):
         if isinstance(outcome, BaseException):
-            report.errors.append(f"{task.fleet[ordinal].device_id}: {outcome}")
+            doing = agents[ordinal].doing if ordinal in agents else "setting up its token, trainer and connection"
+            report.errors.append(f"{task.fleet[ordinal].device_id}: {describe_failure(outcome, doing)}")
             continue
         _add(report.totals, outcome)
         report.completed += int(outcome.done)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_harness import Harness, Pki, delta, join, make_job, make_pki, messages, running, wait_task
 
+from busy_machine import MachineSpeed
 from fedfleet.device.client import AggregatorError, DeviceClient, Task
 from fedfleet.engine.records import read_records
 from fedfleet.engine.server import FederatedServer
@@ -248,14 +249,18 @@ REASONS = ("corrupt", "layout", "shape", "dtype", "non_finite", "too_large", "wr
            "not_in_cohort", "bad_weight", "round_closed")  # fmt: skip
 
 
-def test_a_refused_device_that_stays_silent_ends_the_round_rejected(tmp_path: Path, pki: Pki) -> None:
+def test_a_refused_device_that_stays_silent_ends_the_round_rejected(
+    tmp_path: Path, pki: Pki, machine_speed: MachineSpeed
+) -> None:
     """At the deadline, a cohort member whose only upload was refused is REJECTED (not dropped); with too few
     reports the round fails and the model stays as it was."""
 
     async def scenario() -> FederatedServer:
         job = make_job(name="reject-outcome")
-        # 600 job seconds of deadline at 0.002 wall seconds each: the round closes 1.2 s after it opens.
-        async with running(job, tmp_path, pki, max_update_bytes=LIMIT, time_scale=0.002) as h:
+        # 600 job seconds of deadline at 0.002 wall seconds each: the round closes 1.2 s after it opens on an
+        # idle machine (longer on a busy one), time enough for both devices to download and upload first.
+        scale = machine_speed.time_scale(0.002)
+        async with running(job, tmp_path, pki, max_update_bytes=LIMIT, time_scale=scale) as h:
             r = await open_round(h)
             await r.a.upload_update(r.task_a, delta(r.dim, 0.1), 20, 0.5, r.layout)
             with pytest.raises(AggregatorError) as refused:

@@ -6,7 +6,6 @@ import http.server
 import json
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -155,14 +154,16 @@ def test_reporter_retries_until_the_api_answers(api_server: tuple[ClusterTarget,
 def test_pending_reports_coalesce_and_never_lose_the_outcome() -> None:
     sent: list[dict[str, Any]] = []
     gate = threading.Event()
+    in_flight = threading.Event()
 
     def slow_send(status: dict[str, Any]) -> None:
-        gate.wait(5)
+        in_flight.set()
+        gate.wait(60)
         sent.append(status)
 
     reporter = StatusReporter(slow_send)
     reporter.report({"round": 1})
-    time.sleep(0.1)  # the first report is in flight, held at the gate
+    assert in_flight.wait(60), "the first report was never sent"  # it is in flight now, held at the gate
     reporter.report({"round": 2, "accuracy": 0.5})
     reporter.report(outcome_status("RoundsCompleted"))
     reporter.report({"round": 3})
