@@ -38,7 +38,8 @@ LOG_INTERVAL_SECONDS = 10.0
 
 #: Largest request of a method not named in MessageLimits.per_method: check-ins, polls, reports, keys.
 SMALL_REQUEST_BYTES = 64 << 10
-#: Top-level fields a message may carry; protobuf would merge any number of repeats, each costing a parse.
+#: Top-level fields a stream's chunk may carry (it has three, one set); protobuf would merge any number of
+#: repeats, each costing a parse.
 MAX_TOP_LEVEL_FIELDS = 16
 #: The `header` field of UpdateChunk and MaskedInputChunk.
 HEADER_FIELD = 1
@@ -107,7 +108,7 @@ def add_guarded_servicer(
         request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
         behaviour = getattr(servicer, method.name)
         header_limit = limits.headers.get(method.name)
-        deserialize = _guarded(request_type, limits.for_method(method.name), header_limit)
+        deserialize = guarded_deserializer(request_type, limits.for_method(method.name), header_limit)
         serialize = response_type.SerializeToString
         if not method.client_streaming and not method.server_streaming:
             handler = grpc.unary_unary_rpc_method_handler(
@@ -127,17 +128,18 @@ def add_guarded_servicer(
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
 
 
-def _guarded(message_type: Any, max_bytes: int, header_limit: int | None) -> Callable[[bytes], Any]:
+def guarded_deserializer(message_type: Any, max_bytes: int, header_limit: int | None) -> Callable[[bytes], Any]:
     name = message_type.DESCRIPTOR.name
 
     def deserialize(data: bytes) -> Any:
         if len(data) > max_bytes:
             return Malformed(name, f"{len(data)} bytes, more than the {max_bytes} this method takes")
-        try:
-            fields = top_level_fields(data)
-        except ValueError as exc:
-            return Malformed(name, str(exc))
         if header_limit is not None:
+            # A stream's chunk is one of header, data or trailer: read its fields' sizes before parsing any.
+            try:
+                fields = top_level_fields(data)
+            except ValueError as exc:
+                return Malformed(name, str(exc))
             for number, length in fields:
                 if number == HEADER_FIELD and length > header_limit:
                     return Malformed(
