@@ -1,4 +1,5 @@
-"""What tests share so they hold on a busy machine: how slow this machine is right now, and private user data.
+"""What tests share so they hold on a busy machine: how slow this machine is right now, torch on one thread as
+in every fedfleet process, and private user data.
 
 A test whose wall-clock budget is about the network or real compute (a gRPC round must fit the devices' real
 training into its deadline) does not hard-code that budget for an idle machine: it measures the machine at
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fedfleet.runtime.threads import configure_torch_threads
 
 #: CPU seconds `reference_work` takes on the reference machine (the 2-core dev box: `time.thread_time()`,
 #: which does not grow with the load, measured 0.0108-0.0114 s while it was busy).
@@ -84,6 +87,15 @@ def measure_speed(runs: int = 9) -> MachineSpeed:
 def machine_speed() -> MachineSpeed:
     """This machine's speed, measured when the test starts (the load changes over a run of the suite)."""
     return measure_speed()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads() -> int:
+    """Torch in the test process runs on the threads the `fedfleet` commands give it (one by default, or
+    FEDFLEET_TORCH_THREADS), whichever test happens to run first. With torch's default of one thread per core,
+    its OpenMP workers spin against every other busy thread: beside `stress-ng --cpu 2` the in-process
+    runtime of the secure-aggregation test took 50-107 s instead of 5-7 s."""
+    return configure_torch_threads()
 
 
 @pytest.fixture(autouse=True)

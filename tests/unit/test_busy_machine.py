@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from busy_machine import IDLE_MACHINE, MachineSpeed, measure_speed
 from fedfleet.runtime.local import default_ledger_path
@@ -33,3 +34,7 @@ def test_every_test_gets_private_user_data(private_user_data: Path) -> None:
     assert not private_user_data.is_relative_to(Path.home())
     # The machine's privacy ledger, which `fedfleet run` uses by default, is this test's own.
     assert default_ledger_path().is_relative_to(private_user_data)
+
+
+def test_torch_runs_on_the_threads_fedfleet_gives_it(torch_threads: int) -> None:
+    assert torch.get_num_threads() == torch_threads == int(os.environ.get("FEDFLEET_TORCH_THREADS", "1"))
