@@ -30,8 +30,9 @@ typecheck: venv
 importlint: venv
 	cd operator && ../$(BIN)/lint-imports --config ../pyproject.toml
 
+# Both cores: tests that share a resource name it with @pytest.mark.xdist_group and run on one worker.
 unit: venv
-	$(BIN)/pytest -q -m "not e2e" tests/unit tests/integration
+	$(BIN)/pytest -q -m "not e2e" -n 2 --dist loadgroup tests/unit tests/integration
 
 # The real control plane: etcd, kube-apiserver, kube-controller-manager, kubectl and helm built from Go
 # modules, cached by version under ~/.cache/fedfleet/controlplane (a cold build takes about 12 minutes).
