@@ -308,6 +308,11 @@ class DeviceHub:
         self.progress()
         return True
 
+    @property
+    def open_uploads(self) -> int:
+        """Upload streams being received now."""
+        return len(self._open_uploads)
+
     def all_told_done(self) -> bool:
         """Every device that checked in since this process started has been told the job is done."""
         return all(d.told_done for d in self.registry.all())

@@ -378,7 +378,7 @@ def test_a_header_padded_with_a_million_tensor_specs_is_refused_unparsed(tmp_pat
 
 def test_stalled_uploads_hold_neither_a_place_nor_memory(tmp_path: Path, pki: Pki) -> None:
     async def scenario() -> None:
-        async with running(make_job(), tmp_path, pki, upload_idle_seconds=1.0) as h:
+        async with running(make_job(), tmp_path, pki, upload_idle_seconds=3.0) as h:
             r = await open_round(h)
             payload = bytes(codec.encode_vector(delta(r.dim, 0.1)))
             header = next(messages(r.task_a, payload, r.layout))
@@ -389,7 +389,8 @@ def test_stalled_uploads_hold_neither_a_place_nor_memory(tmp_path: Path, pki: Pk
                 await stall.wait()
 
             first = asyncio.create_task(r.a.send_upload(stalled(), timeout=60))
-            await asyncio.sleep(0.3)
+            while h.app.hub.open_uploads == 0:  # the first stream's header is in: it holds the device's place
+                await asyncio.sleep(0.01)
             with pytest.raises(AggregatorError) as busy:  # a second stream while the first is open
                 await r.a.send_upload(stalled(), timeout=60)
             assert busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and busy.value.reason == "busy"
