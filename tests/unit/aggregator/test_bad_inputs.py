@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_harness import Harness, Pki, delta, join, make_job, make_pki, messages, running, wait_task
 
+from bench_hostile_uploads import padded_header_chunk
 from busy_machine import MachineSpeed
 from fedfleet.device.client import AggregatorError, DeviceClient, Task
 from fedfleet.engine.records import read_records
@@ -328,15 +329,6 @@ def test_garbage_bytes_are_refused_counted_and_never_a_traceback(
     np.testing.assert_array_equal(ckpt.weights, expected_weights(int(ckpt.weights.shape[0])))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -346,9 +338,8 @@ def rss_bytes() -> int:
 
 def test_a_header_padded_with_a_million_tensor_specs_is_refused_unparsed(tmp_path: Path, pki: Pki) -> None:
     # UpdateHeader.layout (field 6) holding 1,000,000 empty TensorSpecs: 2 MB on the wire, ~115 MB of
-    # objects once parsed. Built as bytes here, so the test itself never holds those objects either.
-    header = _varint(1 << 3) + _varint(1) + (bytes([6 << 3 | 2, 0]) * 1_000_000)
-    chunk = bytes([1 << 3 | 2]) + _varint(len(header)) + header
+    # objects once parsed. Built as bytes (as the benchmark does), so the test never holds those objects.
+    chunk = padded_header_chunk(1)
 
     async def scenario() -> None:
         async with running(make_job(), tmp_path, pki) as h:
