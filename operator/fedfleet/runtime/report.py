@@ -19,6 +19,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"job {summary['job']}: {summary['rounds']} rounds ({summary['rounds_failed']} failed), "
         f"final accuracy {pct(summary['final_accuracy'])}, best {pct(summary['best_accuracy'])}"
         f" at round {summary['best_round']}; participants {summary['participants']}, dropped {summary['dropped']},"
+        f" surplus {summary.get('surplus', 0)},"
         f" late {summary['late']}, churn {100 * summary['churn_rate']:.1f}%;"
         f" {summary['bytes_received'] / 1e6:.1f} MB up, {summary['bytes_sent'] / 1e6:.1f} MB down;"
         f" {summary['wall_seconds']:.1f}s"
