@@ -52,18 +52,21 @@ def plot_rounds(path: Path, records: Sequence[RoundRecord], title: str) -> None:
     late = [r.late for r in records]
     part_ax.bar(rounds, completed, label="aggregated", color="tab:green")
     part_ax.bar(rounds, late, bottom=completed, label="late", color="tab:orange")
+    lost_top = [c + lt for c, lt in zip(completed, late, strict=True)]
+    part_ax.bar(rounds, dropped, bottom=lost_top, label="dropped", color="tab:red")
+    # Over-selection's spares: invited, not needed once the round filled; not a loss.
     part_ax.bar(
         rounds,
-        dropped,
-        bottom=[c + lt for c, lt in zip(completed, late, strict=True)],
-        label="dropped",
-        color="tab:red",
+        [r.surplus for r in records],
+        bottom=[t + d for t, d in zip(lost_top, dropped, strict=True)],
+        label="surplus",
+        color="tab:gray",
     )
     # Headroom above the tallest bar so the legend never covers it.
     part_ax.set_ylim(0, 1.35 * max((r.invited for r in records), default=1))
     part_ax.set_xlabel("round")
     part_ax.set_ylabel("devices")
-    part_ax.legend(loc="upper right", ncols=3)
+    part_ax.legend(loc="upper right", ncols=4)
     with atomic_writer(path) as handle:
         fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
