@@ -43,6 +43,11 @@ spec:
 """
 
 
+#: Both tests pick free ports, close them, and let a `fedfleet aggregator` process bind them later (the restart must
+#: find the same ones): they run one after the other, never side by side on two xdist workers.
+pytestmark = pytest.mark.xdist_group("fixed-ports")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
