@@ -35,6 +35,7 @@ from torch import nn
 
 from fedfleet.models.artifact import ArtifactError, ModelArtifact, ReleaseRecord, SignedRelease
 from fedfleet.models.artifact_torch import to_module
+from fedfleet.proto.refusals import Refusal
 from fedfleet.security.releases import RejectionReason, ReleaseRejected, verify_download, verify_release
 from fedfleet.security.signing import SignatureError, SignatureProblem, TrustedKeys
 
@@ -179,6 +180,8 @@ class UpdaterStats:
 
 
 class ModelUpdater:
+    """One device's model: what it runs, what it ran before, and the loop that keeps it on its assignment."""
+
     def __init__(
         self,
         link: FleetLink,
@@ -501,6 +504,8 @@ class ModelUpdater:
             if not err.transient:
                 log.info("%s: health report on %s refused: %s", self.name, report.version, err)
                 self.stats.reports_dropped += 1
+                if err.reason == Refusal.REPORT_TOO_FREQUENT:
+                    self._reported = None  # not wrong, only early: the next check-in's answer tries again
                 return
             if len(self._pending) >= MAX_PENDING_REPORTS:
                 self._pending.pop(0)

@@ -50,6 +50,7 @@ class FakeLink:
         self.held: asyncio.Event | None = None  # when set: downloads pause after their first chunk until it is set
         self.held_download_started = asyncio.Event()
         self.failing_reports = 0  # report calls that fail as a lost connection would
+        self.throttled_reports = 0  # report calls refused as too early after the last one
         self.refusing = False  # every call refused for good (an expired token)
         self._watchers: list[asyncio.Queue[ModelOffer | None]] = []
 
@@ -92,6 +93,9 @@ class FakeLink:
         if self.failing_reports > 0:
             self.failing_reports -= 1
             raise LinkError("UNAVAILABLE: connection reset", transient=True)
+        if self.throttled_reports > 0:
+            self.throttled_reports -= 1
+            raise LinkError("RESOURCE_EXHAUSTED: too soon", transient=False, reason="report_too_frequent")
         self.reports.append(report)
 
 
@@ -427,3 +431,23 @@ async def test_no_model_for_the_device_yet_leaves_it_as_it_is(
     finally:
         stop.set()
         await asyncio.wait_for(running, PATIENCE)
+
+
+@run_async
+async def test_health_is_reported_once_per_generation_and_a_throttled_report_is_tried_again(
+    key: SigningKey, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    data = artifact_bytes(seed=1)
+    offer = offer_for(data, key, role="stable")
+    link = FakeLink({offer.version: data})
+    updater = updater_for(link, key, held_out)
+    await updater.apply(offer)
+    await updater.apply(offer)  # the same generation again (a periodic check-in): nothing new to say
+    assert len(link.reports) == 1
+
+    link.throttled_reports = 1
+    await updater.apply(replace(offer, generation=2))  # a new view: the gate counts this generation's reports
+    assert len(link.reports) == 1 and updater.stats.reports_dropped == 1
+    await updater.apply(replace(offer, generation=2))  # the next check-in's answer: this time it is taken
+    assert [r.version for r in link.reports] == [offer.version, offer.version]
+    assert updater.stats.downloads == 1
