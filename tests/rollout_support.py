@@ -104,20 +104,6 @@ def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
     return run
 
 
-class Rules:
-    """The rollout's assignment rules in the shape the gateway asks for (fedfleet.gateway.contracts)."""
-
-    def assign(self, view: Any, device_id: str, attributes: Any) -> Any:
-        from fedfleet.rollout.assignment import assign
-
-        return assign(view, device_id, attributes)
-
-    def view_from_dict(self, data: Any) -> Any:
-        from fedfleet.rollout.assignment import FleetView
-
-        return FleetView.from_dict(data)
-
-
 class FleetHarness:
     """A real fleet gateway (in process, or the core of a gRPC gateway app) with a real artifact store on disk, and
     an operator's hand on it: publish artifacts, sign their releases, and publish views of one rollout."""
@@ -151,9 +137,8 @@ class FleetHarness:
         settings = GatewaySettings(check_in_interval_seconds=check_in_seconds, health_report_min_interval_seconds=0.0)
         extra = {} if clock is None else {"clock": clock}
         gateway = Gateway(
-            FleetStates(root / "state", [fleet], Rules()),  # type: ignore[arg-type]
+            FleetStates(root / "state", [fleet]),
             store,
-            Rules(),  # type: ignore[arg-type]
             GatewayMetrics(CollectorRegistry()),
             settings,
             root / "incoming",

@@ -27,7 +27,7 @@ from fedfleet.security.signing import SigningKey, TrustedKeys
 from fedfleet.security.tokens import fleet_identity, issue_token
 from fedfleet.sim.rollout_devices import APP_VERSION, RolloutFleetSpec, SimulatedDevice
 from fedfleet.sim.rollout_fleet import RolloutFleet, holdout_pool
-from rollout_support import FleetHarness, Rules, artifact_bytes, run_async
+from rollout_support import FleetHarness, artifact_bytes, run_async
 
 DEVICES = 36
 
@@ -66,7 +66,7 @@ async def gateway(root: Path, key: SigningKey) -> AsyncIterator[Gateway]:
     )
     security = prepare_security(config)
     store = ArtifactStore(config.artifact_dir)
-    app = GatewayApp(config, security, Rules(), store)  # type: ignore[arg-type]
+    app = GatewayApp(config, security, store)
     await app.start()
     try:
         yield Gateway(app, security, FleetHarness(app.gateway, store, key))
