@@ -110,6 +110,7 @@ class FleetHarness:
 
     def __init__(self, gateway: Any, store: Any, key: SigningKey, *, fleet: str = "default") -> None:
         self.gateway = gateway
+        self.registry = gateway.metrics.registry
         self.store = store
         self.key = key
         self.fleet = fleet

@@ -25,8 +25,9 @@ from fedfleet.persist.artifact_store import ArtifactStore
 from fedfleet.rollout.assignment import assign
 from fedfleet.security.signing import SigningKey, TrustedKeys
 from fedfleet.security.tokens import fleet_identity, issue_token
-from fedfleet.sim.rollout_devices import APP_VERSION, RolloutFleetSpec, SimulatedDevice
+from fedfleet.sim.rollout_devices import RolloutFleetSpec
 from fedfleet.sim.rollout_fleet import RolloutFleet, holdout_pool
+from fedfleet.sim.rollout_links import grpc_links
 from rollout_support import FleetHarness, artifact_bytes, run_async
 
 DEVICES = 36
@@ -103,11 +104,9 @@ async def test_an_assignment_change_reaches_every_connected_device_over_grpc(
         candidate = g.harness.publish(artifact_bytes(seed=2))
         g.harness.set_view(stable=stable)
 
-        def link_for(device: SimulatedDevice) -> GrpcFleetLink:
-            return g.link(device.device_id, app_version=device.attributes[APP_VERSION])
-
+        links = grpc_links(g.target, fleet="default", token_key=g.security.token_key, ca_pem=g.security.ca_pem)
         fleet = RolloutFleet(
-            RolloutFleetSpec(devices=DEVICES, seed=21), holdout_pool(), link_for, TrustedKeys([key.public()])
+            RolloutFleetSpec(devices=DEVICES, seed=21), holdout_pool(), links, TrustedKeys([key.public()])
         )
         stop = asyncio.Event()
         running = asyncio.create_task(fleet.run(stop))

@@ -1,14 +1,16 @@
 """The device SDK's model updater: it activates only what a trusted key signed, refuses and reports anything
 else while staying on what it ran, swaps back to the previous model without a download, resumes a broken
 download at the offset it has, lets the newest assignment win, and reports health for exactly the version it
-runs. The fleet link here is a small fake that serves real artifact bytes; the artifacts, signatures,
-verification and evaluation are all real."""
+runs. Most tests use a small fake link that serves real artifact bytes and can misbehave on cue; the last ones
+run over the in-process link into a real fleet gateway. The artifacts, signatures, verification and evaluation
+are all real."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +31,8 @@ from fedfleet.models.artifact_torch import to_module
 from fedfleet.models.evaluation import evaluate
 from fedfleet.security.signing import SigningKey, TrustedKeys
 from fedfleet.sim.clock import ManualClock
-from rollout_support import artifact_bytes, offer_for, run_async, signed_release
+from fedfleet.sim.gateway_link import GatewayLink
+from rollout_support import FleetHarness, artifact_bytes, offer_for, run_async, signed_release
 
 #: A safety net for waits in these tests, never what they measure: every wait ends on an event long before.
 PATIENCE = 60.0
@@ -451,3 +454,58 @@ async def test_health_is_reported_once_per_generation_and_a_throttled_report_is_
     await updater.apply(replace(offer, generation=2))  # the next check-in's answer: this time it is taken
     assert [r.version for r in link.reports] == [offer.version, offer.version]
     assert updater.stats.downloads == 1
+
+
+# ---- over the in-process link into a real fleet gateway -------------------------------------------------
+
+
+class CountingLink(GatewayLink):
+    """The in-process link, counting the downloads it starts (the gateway does not say)."""
+
+    downloads = 0
+
+    def download(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        self.downloads += 1
+        return super().download(digest, offset)
+
+
+def failures_counted(harness: FleetHarness, version: str, reason: str) -> float:
+    value = harness.registry.get_sample_value(
+        "fedfleet_gateway_activation_failures_total", {"fleet": "default", "version": version, "reason": reason}
+    )
+    return value or 0.0
+
+
+@run_async
+async def test_over_a_real_gateway_a_tampered_candidate_is_refused_counted_and_rolled_back_without_download(
+    tmp_path: Path, key: SigningKey, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    harness = FleetHarness.in_process(tmp_path, key)
+    stable = harness.publish(artifact_bytes(seed=1))
+    good = harness.publish(artifact_bytes(seed=2))
+    bad = harness.publish(artifact_bytes(seed=3))
+    harness.tamper(bad)
+    link = CountingLink(harness.gateway, "default", "dev-00007")
+    updater = updater_for(link, key, held_out)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    running = asyncio.create_task(updater.run(stop))
+    try:
+        harness.set_view(stable=stable, candidate=good, weight=100.0)  # every device is in the canary
+        await until(lambda: updater.running_version == good, "the device runs the good candidate")
+        assert updater.previous_version is None  # it had nothing before: its first model was the candidate
+
+        harness.set_view(stable=stable, candidate=good, weight=0.0)  # aborted
+        await until(lambda: updater.running_version == stable, "the device runs stable")
+        harness.set_view(stable=stable, candidate=good, weight=100.0)  # retried: back to the candidate
+        await until(lambda: updater.running_version == good, "the device runs the candidate again")
+        assert link.downloads == 2  # the candidate and stable once each; the return was a swap
+        assert updater.stats.rollbacks == 1
+
+        harness.set_view(stable=good, candidate=bad, weight=100.0, revision=2)  # a tampered candidate
+        await until(lambda: failures_counted(harness, bad, "digest_mismatch") == 1, "the gateway counts the refusal")
+        assert updater.running_version == good  # it stays on what it ran
+        health = {h.version: h for h in harness.gateway.summary("default").health}
+        assert health[bad].activation_failures == 1 and health[bad].reports == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, PATIENCE)

@@ -18,9 +18,9 @@ from fedfleet.data.datasets import Dataset
 from fedfleet.rollout.assignment import Role, assign
 from fedfleet.security.signing import SigningKey, TrustedKeys
 from fedfleet.sim.clock import ManualClock
-from fedfleet.sim.gateway_link import GatewayLink
-from fedfleet.sim.rollout_devices import OfflineWindows, RolloutFleetSpec, SimulatedDevice
+from fedfleet.sim.rollout_devices import OfflineWindows, RolloutFleetSpec
 from fedfleet.sim.rollout_fleet import RolloutFleet
+from fedfleet.sim.rollout_links import in_process_links
 from rollout_support import FleetHarness, artifact_bytes, run_async
 
 #: A safety net for waits, never what a test measures: each wait ends when the fleet has converged.
@@ -44,10 +44,8 @@ class Scenario:
         self.stable = self.harness.publish(artifact_bytes(seed=1))
         self.candidate = self.harness.publish(artifact_bytes(seed=2))
 
-        def link_for(device: SimulatedDevice) -> GatewayLink:
-            return GatewayLink(self.harness.gateway, "default", device.device_id)
-
-        self.fleet = RolloutFleet(spec, pool, link_for, TrustedKeys([self.key.public()]), clock=self.clock)
+        links = in_process_links(self.harness.gateway, "default")
+        self.fleet = RolloutFleet(spec, pool, links, TrustedKeys([self.key.public()]), clock=self.clock)
 
     def expected(self, *, online: Callable[[str], bool] = lambda device_id: True) -> Counter[str | None]:
         """What each device should run under the gateway's current view, from the pure assignment function."""
