@@ -20,10 +20,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from fedfleet.data.datasets import Dataset, DatasetName, job_split, load_dataset
 from fedfleet.device.agent import describe_failure
@@ -41,7 +44,6 @@ from fedfleet.device.model_updates import (
 from fedfleet.device.retry import Backoff
 from fedfleet.models.artifact_torch import to_module
 from fedfleet.security.signing import TrustedKeys
-from fedfleet.sim.fleet import stream
 from fedfleet.sim.rollout_devices import DEVICE_CLASS, RolloutFleetSpec, SimulatedDevice, build_devices
 from fedfleet.sim.rollout_evaluation import SharedModels, SimulatedEvaluator
 
@@ -101,7 +103,7 @@ class RolloutFleet:
                 pool.x[device.holdout_indices],
                 pool.y[device.holdout_indices],
                 device.attributes.get(DEVICE_CLASS, ""),
-                stream(spec.seed + device.ordinal, "rollout.latency"),
+                _device_stream(spec.seed, "rollout.latency", device.ordinal),
             )
             self.updaters[device.device_id] = ModelUpdater(
                 _Disconnected(),
@@ -269,7 +271,12 @@ class _SharedUplink:
 
 def _device_backoff(seed: int, ordinal: int) -> Backoff:
     """Each device's own jitter, from the seed: a fleet reconnecting after a gateway restart spreads out."""
-    return Backoff(initial=0.5, maximum=5.0, rng=random.Random(seed * 1_000_003 + ordinal))
+    return Backoff(initial=0.5, maximum=5.0, rng=random.Random(f"rollout.backoff/{seed}/{ordinal}"))
+
+
+def _device_stream(seed: int, purpose: str, ordinal: int) -> np.random.Generator:
+    """One device's own random stream for one purpose: independent of every other device's and purpose's."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode()), ordinal])
 
 
 class _Disconnected:
