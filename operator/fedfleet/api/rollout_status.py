@@ -72,6 +72,7 @@ class RolloutReason(StrEnum):
     PROMOTED_FULL = "PromotedFull"
     ABORTED = "Aborted"
     RETRIED = "Retried"
+    STEPS_CHANGED = "StepsChanged"
     ACTION_IGNORED = "ActionIgnored"
     ROLLOUT_COMPLETED = "RolloutCompleted"
 
@@ -113,6 +114,9 @@ class ModelRolloutStatus(StatusModel):
     revision: int | None = Field(None, ge=0, description="Counts spec.model changes; each starts again at step 0.")
     model_key: str | None = Field(None, max_length=512, description="What spec.model named for this revision.")
     step_index: int | None = Field(None, ge=0, description="The current step; the number of steps once done.")
+    steps_hash: str | None = Field(
+        None, max_length=64, description="Identifies spec.steps; when they change, the steps start again at 0."
+    )
     weight: int | None = Field(None, ge=0, le=100, description="Percent of the selected devices on the candidate.")
     stable: str | None = Field(
         None, max_length=DIGEST_CHARS, pattern=DIGEST_PATTERN, description="The version every other device runs."
