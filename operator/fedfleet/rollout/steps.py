@@ -57,23 +57,13 @@ from typing import Literal
 from fedfleet.api.duration import parse_duration
 from fedfleet.api.modelrollout import ModelRolloutSpec, Step
 from fedfleet.api.rollout_status import RolloutPhase, RolloutReason
-from fedfleet.rollout.analysis_phase import RunPhase
+from fedfleet.api.rollout_actions import Action
+from fedfleet.rollout.analysis import RunPhase
 from fedfleet.rollout.step_state import StepState
 from fedfleet.rollout.timestamps import whole_seconds
 
 Reason = RolloutReason
 Hold = Literal["step", "background"]
-
-
-class Action(StrEnum):
-    """What a user can ask of a rollout (`kubectl fedfleet ACTION`)."""
-
-    PROMOTE = "promote"  # skip the current pause or analysis step, and lift any pause
-    PROMOTE_FULL = "promoteFull"  # skip every remaining step: weight 100, Healthy
-    ABORT = "abort"  # weight 0, Degraded
-    PAUSE = "pause"  # stop stepping until resumed or promoted (background failures still abort)
-    RESUME = "resume"  # lift `pause`; after an inconclusive analysis, run it again
-    RETRY = "retry"  # after an abort: the same revision from step 0; after an inconclusive analysis: run it again
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fedfleet.api.modelrollout import ModelRolloutSpec
 from fedfleet.api.rollout_status import ModelRolloutStatus, RolloutPhase, RolloutReason
-from fedfleet.rollout.analysis_phase import RunPhase
+from fedfleet.rollout.analysis import RunPhase
 from fedfleet.rollout.step_state import StepState
 from fedfleet.rollout.steps import Action, Decision, Event, Observation, RunResult, decide, steps_hash
 

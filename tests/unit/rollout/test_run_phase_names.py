@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedfleet.api.rollout_status import AnalysisRunPhase
-from fedfleet.rollout.analysis_phase import RunPhase
+from fedfleet.rollout.analysis import RunPhase
 
 
 def test_run_phases_and_status_phases_are_the_same_names() -> None:
