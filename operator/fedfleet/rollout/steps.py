@@ -51,13 +51,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Literal
 
 from fedfleet.api.duration import parse_duration
 from fedfleet.api.modelrollout import ModelRolloutSpec, Step
-from fedfleet.api.rollout_status import RolloutPhase, RolloutReason
 from fedfleet.api.rollout_actions import Action
+from fedfleet.api.rollout_status import RolloutPhase, RolloutReason
 from fedfleet.rollout.analysis import RunPhase
 from fedfleet.rollout.step_state import StepState
 from fedfleet.rollout.timestamps import whole_seconds
