@@ -1,10 +1,8 @@
 """What the gateway tests share: a Gateway core on a temporary state dir, fleet views, artifacts and signed
 release records, and an injected clock.
 
-STAND-INS: `standin_assignment` below plays fedfleet.rollout.assignment and `MemoryStore` plays
-fedfleet.persist.artifact_store until those branches are merged; they implement only what the gateway's
-Protocols (fedfleet.gateway.contracts) ask, with the documented semantics (a device is canary iff its bucket is
-below weight x 100; the first rollout whose selector matches decides).
+STAND-IN: `MemoryStore` plays fedfleet.persist.artifact_store until that branch is merged; it implements only
+what the gateway's ArtifactStore Protocol (fedfleet.gateway.contracts) asks.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,96 +19,9 @@ from prometheus_client import CollectorRegistry
 from fedfleet.gateway.core import Gateway, GatewaySettings, SignedParts
 from fedfleet.gateway.fleet_state import FleetStates
 from fedfleet.gateway.metrics import GatewayMetrics
-
-# ---- stand-in for fedfleet.rollout.assignment -------------------------------------------------------------
-
-
-class Role(StrEnum):
-    STABLE = "stable"
-    CANARY = "canary"
-    CONTROL = "control"
-    OUTSIDE = "outside"
-
-
-@dataclass(frozen=True)
-class Assignment:
-    version: str | None
-    role: Role
-    rollout: str | None
-    revision: int
-
-
-@dataclass(frozen=True)
-class RolloutView:
-    name: str
-    salt: str
-    revision: int
-    stable: str | None
-    candidate: str | None
-    weight: float
-    selector: Mapping[str, str] = field(default_factory=dict)  # matchLabels only
-    control: bool = False
-
-
-@dataclass(frozen=True)
-class FleetView:
-    fleet: str
-    stable: str | None
-    rollouts: tuple[RolloutView, ...]
-    generation: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fleet": self.fleet,
-            "stable": self.stable,
-            "generation": self.generation,
-            "rollouts": [
-                {
-                    "name": r.name, "salt": r.salt, "revision": r.revision, "stable": r.stable,
-                    "candidate": r.candidate, "weight": r.weight, "selector": dict(r.selector), "control": r.control,
-                }
-                for r in self.rollouts
-            ],
-        }  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FleetView:
-        if not isinstance(data, dict) or not isinstance(data.get("fleet"), str):
-            raise ValueError("fleet: required")
-        generation = data.get("generation")
-        if type(generation) is not int or generation < 1:
-            raise ValueError("generation: must be an integer >= 1")
-        rollouts = tuple(RolloutView(**{**r, "selector": dict(r["selector"])}) for r in data.get("rollouts", []))
-        return cls(data["fleet"], data.get("stable"), rollouts, generation)
-
-
-def bucket(salt: str, device_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}/{device_id}".encode()).digest()[:8], "big") % 10_000
-
-
-def assign(view: FleetView, device_id: str, attributes: Mapping[str, str]) -> Assignment:
-    for rollout in sorted(view.rollouts, key=lambda r: r.name):
-        if all(attributes.get(k) == v for k, v in rollout.selector.items()):
-            b = bucket(rollout.salt, device_id)
-            stable = rollout.stable or view.stable
-            if rollout.candidate and b < round(rollout.weight * 100):
-                return Assignment(rollout.candidate, Role.CANARY, rollout.name, rollout.revision)
-            if rollout.control and 5000 <= b < 5000 + round(rollout.weight * 100):
-                return Assignment(stable, Role.CONTROL, rollout.name, rollout.revision)
-            return Assignment(stable, Role.STABLE, rollout.name, rollout.revision)
-    return Assignment(view.stable, Role.OUTSIDE, None, 0)
-
-
-class StandinRules:
-    def assign(self, view: Any, device_id: str, attributes: Mapping[str, str]) -> Assignment:
-        return assign(view, device_id, attributes)
-
-    def view_from_dict(self, data: Any) -> FleetView:
-        try:
-            return FleetView.from_dict(data)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"view: {exc}") from None
-
+from fedfleet.rollout.assignment import FleetView, RolloutView
+from fedfleet.rollout.cohort import bucket
+from fedfleet.rollout.selector import DeviceSelector
 
 # ---- stand-in for fedfleet.persist.artifact_store ---------------------------------------------------------
 
@@ -189,7 +99,8 @@ def view_json(
 ) -> bytes:
     rollouts: tuple[RolloutView, ...] = ()
     if candidate is not None:
-        rollouts = (RolloutView("mnist", "salt-1", revision, stable, candidate, weight, selector or {}, control),)
+        chosen = DeviceSelector.from_dict({"matchLabels": dict(selector)} if selector else {})
+        rollouts = (RolloutView("mnist", "salt-1", revision, stable, candidate, weight, chosen, control),)
     return json.dumps(FleetView(fleet, stable, rollouts, generation).to_dict()).encode()
 
 
@@ -228,13 +139,11 @@ def make_gateway(
     fleets: tuple[str, ...] = (FLEET, "other"),
 ) -> tuple[Gateway, CollectorRegistry]:
     registry = CollectorRegistry()
-    rules = StandinRules()
-    states = FleetStates(state_dir, fleets, rules)
+    states = FleetStates(state_dir, fleets)
     states.load()
     gateway = Gateway(
         states,
         store or MemoryStore(),
-        rules,
         GatewayMetrics(registry),
         settings or GatewaySettings(check_in_interval_seconds=60.0, health_report_min_interval_seconds=5.0),
         state_dir / "incoming",
@@ -317,6 +226,6 @@ async def start_gateway(state_dir: Path, **overrides: Any) -> LiveGateway:
     }
     settings.update(overrides)
     store = MemoryStore()
-    app = GatewayApp(GatewayConfig(**settings), security, StandinRules(), store, registry=CollectorRegistry())
+    app = GatewayApp(GatewayConfig(**settings), security, store, registry=CollectorRegistry())
     await app.start()
     return LiveGateway(app, store, ca.cert_pem, security.token_key, security.admin_secret)

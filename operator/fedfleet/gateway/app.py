@@ -29,7 +29,7 @@ from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, fleet_identity, new_key, read_key, write_key
 
 from .config import GatewayConfig
-from .contracts import ArtifactStore, AssignmentRules
+from .contracts import ArtifactStore
 from .core import Gateway
 from .fleet_state import FleetStates
 from .metrics import GatewayMetrics
@@ -91,7 +91,6 @@ class GatewayApp:
         self,
         config: GatewayConfig,
         security: GatewaySecurity,
-        rules: AssignmentRules,
         store: ArtifactStore,
         *,
         registry: CollectorRegistry | None = None,
@@ -101,10 +100,8 @@ class GatewayApp:
         self.security = security
         self.registry = registry or CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry)
-        states = FleetStates(config.state_dir, config.fleets, rules)
-        self.gateway = Gateway(
-            states, store, rules, self.metrics, config.settings(), config.state_dir / "incoming", clock
-        )
+        states = FleetStates(config.state_dir, config.fleets)
+        self.gateway = Gateway(states, store, self.metrics, config.settings(), config.state_dir / "incoming", clock)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http = HttpEndpoints(self.registry, ready=lambda: self._server is not None)
@@ -165,19 +162,16 @@ class GatewayApp:
             await self._health.set(name, status)
 
 
-def production_parts(config: GatewayConfig) -> tuple[AssignmentRules, ArtifactStore]:
-    """The rollout's assignment rules and the artifact store on the configured directory."""
+def directory_store(config: GatewayConfig) -> ArtifactStore:
+    """The artifact store on the configured directory (the gateway's volume)."""
     from fedfleet.persist.artifact_store import ArtifactStore as DirectoryStore
 
-    from .rollout_rules import RolloutAssignmentRules
-
-    return RolloutAssignmentRules(), DirectoryStore(config.artifact_dir)
+    return DirectoryStore(config.artifact_dir)
 
 
 async def serve(config: GatewayConfig) -> int:
     """The `fedfleet gateway` process: serves until SIGTERM or SIGINT; 0 after a clean shutdown."""
-    rules, store = production_parts(config)
-    app = GatewayApp(config, prepare_security(config), rules, store)
+    app = GatewayApp(config, prepare_security(config), directory_store(config))
     await app.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

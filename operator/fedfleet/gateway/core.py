@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedfleet.proto.refusals import Refusal
+from fedfleet.rollout.assignment import FleetView, assign
 
-from .contracts import ArtifactStore, AssignmentRules, FleetView, versions_of
+from .contracts import ArtifactStore, versions_of
 from .errors import GatewayError
 from .fleet_state import FleetSnapshot, FleetStates
 from .health_stats import GenerationHealth, VersionHealth
@@ -86,7 +87,6 @@ class Gateway:
         self,
         states: FleetStates,
         store: ArtifactStore,
-        rules: AssignmentRules,
         metrics: GatewayMetrics,
         settings: GatewaySettings,
         spool_dir: Path,
@@ -94,7 +94,6 @@ class Gateway:
     ) -> None:
         self.states = states
         self.store = store
-        self.rules = rules
         self.metrics = metrics
         self.settings = settings
         self._spool_dir = spool_dir
@@ -285,9 +284,9 @@ class Gateway:
         if len(view_json) > self.settings.max_view_bytes:
             raise GatewayError(Refusal.BAD_FLEET_VIEW, f"view: more than {self.settings.max_view_bytes} bytes")
         try:
-            view = self.rules.view_from_dict(json.loads(view_json))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise GatewayError(Refusal.BAD_FLEET_VIEW, f"view: {str(exc)[:300]}") from None
+            view = FleetView.from_dict(json.loads(view_json), "view")
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
+            raise GatewayError(Refusal.BAD_FLEET_VIEW, str(exc)[:300]) from None
         if view.fleet != fleet:
             raise GatewayError(Refusal.BAD_FLEET_VIEW, f"view.fleet: {view.fleet!r} is not the fleet {fleet!r}")
         return view
@@ -338,7 +337,7 @@ class Gateway:
         return snapshot
 
     def _assign(self, snapshot: FleetSnapshot, device_id: str, attributes: Mapping[str, str]) -> DeviceAssignment:
-        assignment = self.rules.assign(snapshot.view, device_id, attributes)
+        assignment = assign(snapshot.view, device_id, attributes)
         version = assignment.version
         return DeviceAssignment(assignment, snapshot.releases.get(version) if version else None, snapshot.generation)
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.persist.atomic import atomic_write_text
+from fedfleet.rollout.assignment import FleetView
 
-from .contracts import AssignmentRules, FleetView, versions_of
+from .contracts import versions_of
 from .releases import Release, ReleaseError
 
 FORMAT = 1
@@ -51,10 +52,9 @@ class FleetSnapshot:
 
 
 class FleetStates:
-    def __init__(self, state_dir: Path, fleets: Collection[str], rules: AssignmentRules) -> None:
+    def __init__(self, state_dir: Path, fleets: Collection[str]) -> None:
         self._dir = state_dir / "fleets"
         self._fleets = frozenset(fleets)
-        self._rules = rules
         self._held: dict[str, FleetSnapshot] = {}
 
     @property
@@ -87,7 +87,7 @@ class FleetStates:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a fleet state file of format {FORMAT}")
-            view = self._rules.view_from_dict(data["view"])
+            view = FleetView.from_dict(data["view"])
             if view.fleet != fleet:
                 raise ValueError(f"it holds the view of fleet {view.fleet!r}")
             releases = [Release.from_json(r) for r in data["releases"]]

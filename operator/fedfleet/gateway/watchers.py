@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fedfleet.proto.refusals import Refusal
+from fedfleet.rollout.assignment import Assignment
 
-from .contracts import Assignment
 from .errors import GatewayError
 from .releases import Release
 

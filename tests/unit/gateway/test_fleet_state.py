@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from fedfleet.gateway.fleet_state import FleetSnapshot, FleetStateError, FleetStates
-from gateway_support import FLEET, StandinRules, bench, view_json
+from fedfleet.rollout.assignment import FleetView
+from gateway_support import FLEET, bench, view_json
 
 
 def test_the_view_and_its_releases_survive_a_restart(tmp_path: Path) -> None:
     b = bench(tmp_path)
     b.put(view_json(b.d1, b.d2, weight=25.0, generation=7), b.v1, b.v2)
-    states = FleetStates(tmp_path, [FLEET, "other"], StandinRules())
+    states = FleetStates(tmp_path, [FLEET, "other"])
     states.load()
     held, written = states.get(FLEET), b.gateway.states.get(FLEET)
     assert held is not None and written is not None
@@ -30,7 +31,7 @@ def test_a_snapshot_needs_a_release_for_every_version_it_names(tmp_path: Path) -
     b.put(view_json(b.d1), b.v1)
     held = b.gateway.states.get(FLEET)
     assert held is not None
-    view = StandinRules().view_from_dict(json.loads(view_json(b.d1, b.d2, weight=5.0, generation=2)))
+    view = FleetView.from_dict(json.loads(view_json(b.d1, b.d2, weight=5.0, generation=2)))
     with pytest.raises(ValueError, match="no signed release"):
         FleetSnapshot(view, held.releases)
 
@@ -49,7 +50,7 @@ def test_a_state_file_that_cannot_be_used_is_named(tmp_path: Path, damage: objec
     b.put(view_json(b.d1), b.v1)
     path = tmp_path / "fleets" / f"{FLEET}.json"
     path.write_text(damage(path.read_text()))  # type: ignore[operator]
-    states = FleetStates(tmp_path, [FLEET], StandinRules())
+    states = FleetStates(tmp_path, [FLEET])
     with pytest.raises(FleetStateError, match=str(path)):
         states.load()
 
