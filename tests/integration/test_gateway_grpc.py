@@ -225,3 +225,34 @@ def test_a_restarted_gateway_serves_the_same_view_to_reconnecting_devices(tmp_pa
             await second.app.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_reconnecting_watches_is_queued_not_cancelled(tmp_path: Path) -> None:
+    """More streams at once than grpc's default of 1000 pending calls (a fleet reconnecting after a restart)."""
+    model = artifact("stable", 2_000)
+    streams = 1_200
+
+    async def scenario() -> None:
+        live = await start_gateway(tmp_path)
+        live.store.put(model)
+        live.app.gateway.put_fleet_view(FLEET, view_json(digest_of(model)), {digest_of(model): release(model)})
+        channels = [live.channel() for _ in range(4)]
+        tokens = [live.device_metadata(f"dev-{i}") for i in range(streams)]
+        try:
+
+            async def first_assignment(i: int) -> str:
+                call = rpc.FleetStub(channels[i % 4]).WatchAssignment(pb.WatchAssignmentRequest(), metadata=tokens[i])
+                event = await call.read()
+                call.cancel()
+                return str(event.assignment.version)
+
+            versions = await asyncio.wait_for(
+                asyncio.gather(*(first_assignment(i) for i in range(streams))), EVENT_BOUND_SECONDS * 4
+            )
+            assert versions == [digest_of(model)] * streams
+        finally:
+            for channel in channels:
+                await channel.close()
+            await live.app.stop()
+
+    asyncio.run(scenario())

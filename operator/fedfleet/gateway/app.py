@@ -52,6 +52,15 @@ KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+def pending_call_options(max_watch_streams: int) -> tuple[tuple[str, int], ...]:
+    """How many calls the server may hold received but not yet handed to a handler. grpc's default (1000)
+    cancels the rest, so a fleet reconnecting at once (after a gateway restart: thousands of WatchAssignment
+    streams within a second) would see CANCELLED for a share of its devices; a burst as large as the stream
+    cap queues instead."""
+    pending = max(1000, max_watch_streams)
+    return (("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", 2 * pending))
+
+
 @dataclass(frozen=True)
 class GatewaySecurity:
     cert_pem: bytes
@@ -128,6 +137,7 @@ class GatewayApp:
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.so_reuseport", 0),  # a second gateway on the same port must fail, not share it
                 *KEEPALIVE_OPTIONS,
+                *pending_call_options(self.gateway.settings.max_watch_streams),
             ]
         )
         metrics = self.metrics
