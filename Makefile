@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PY_PATHS := $(wildcard operator tests benchmarks e2e)
 
-.PHONY: venv demo test lint typecheck importlint unit e2e crds bench clean cluster-build cluster-up cluster-down
+.PHONY: venv demo test lint typecheck importlint unit e2e crds bench clean cluster-build cluster-up cluster-down \
+	prometheus-build
 
 venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml .ci/venv.sh
@@ -24,7 +25,7 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
-	cd e2e/controlplane && ../../$(BIN)/mypy --strict cluster.py
+	cd e2e/controlplane && ../../$(BIN)/mypy --strict cluster.py prometheus_config.py
 	cd e2e/nodeagent && ../../$(BIN)/mypy --strict *.py
 
 importlint: venv
@@ -34,25 +35,34 @@ importlint: venv
 # stress-ng --cpu 2); tests that must not run side by side share an xdist_group. UNIT_WORKERS=0 runs serially.
 UNIT_WORKERS ?= 2
 
-unit: venv
+# The rule tests run promtool: it is built first, so a cold build never counts against a test's timeout.
+unit: venv prometheus-build
 	$(BIN)/pytest -q -m "not e2e" -n $(UNIT_WORKERS) --dist loadgroup tests/unit tests/integration
 
 # The real control plane: etcd, kube-apiserver, kube-controller-manager, kubectl and helm built from Go
 # modules, cached by version under ~/.cache/fedfleet/controlplane (a cold build takes about 12 minutes).
 CLUSTER_STATE ?= .cluster
 
-cluster-build:
+cluster-build: prometheus-build
 	bash e2e/controlplane/build.sh
+
+# Prometheus and promtool with Kubernetes service discovery, built from Go modules, cached by version under
+# ~/.cache/fedfleet/prometheus (a cold build takes 5 to 15 minutes).
+prometheus-build:
+	bash e2e/prometheus/build.sh
 
 CP_BIN = $(HOME)/.cache/fedfleet/controlplane/v1.37.2/bin
 
-# A local cluster with the operator installed by helm; export the KUBECONFIG it prints to use kubectl.
+# A local cluster with Prometheus and the operator installed by helm; export the KUBECONFIG it prints to use
+# kubectl, and FEDFLEET_PROMETHEUS for Prometheus' UI and API.
 cluster-up: venv cluster-build
-	$(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent
+	$(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent --prometheus
 	HELM_CACHE_HOME=$(CLUSTER_STATE)/helm HELM_CONFIG_HOME=$(CLUSTER_STATE)/helm HELM_DATA_HOME=$(CLUSTER_STATE)/helm \
 	  $(CP_BIN)/helm --kubeconfig $(CLUSTER_STATE)/kubeconfig upgrade --install fedfleet charts/fedfleet \
-	  -n fedfleet-system --create-namespace --wait
-	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_STATE)/kubeconfig PATH=$(CP_BIN):\$$PATH"
+	  -n fedfleet-system --create-namespace --wait \
+	  --set prometheus.address=$$(cat $(CLUSTER_STATE)/prometheus/address)
+	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_STATE)/kubeconfig PATH=$(CP_BIN):\$$PATH" \
+	  "FEDFLEET_PROMETHEUS=$$(cat $(CLUSTER_STATE)/prometheus/address)"
 
 cluster-down: venv
 	$(PY) e2e/controlplane/cluster.py down --state-dir $(CLUSTER_STATE)

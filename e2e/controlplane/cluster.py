@@ -11,7 +11,9 @@ kubeconfig at ``<state>/kubeconfig``. Nothing is read from ``~/.kube`` or an inh
 dev cluster survives ``down``/``up``; remove the directory for a clean one. The binaries come from
 ``build.sh`` (cached by version) unless a bin directory is given.
 
-There is no kubelet and no scheduler here: ``e2e/nodeagent/agent.py`` plays both.
+There is no kubelet and no scheduler here: ``e2e/nodeagent/agent.py`` plays both. With ``--prometheus``
+(``up(..., prometheus=True)``) a Prometheus server runs beside the API server and discovers the pods to scrape
+through the API server (see prometheus_config.py); its URL is in ``<state>/prometheus/address``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import prometheus_config
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,6 +54,7 @@ AGENT = "node-agent"  # optional, for a dev cluster whose pods should run: e2e/n
 AGENT_SCRIPT = HERE.parent / "nodeagent" / "agent.py"
 DEFAULT_IMAGE_MAP = HERE.parent / "nodeagent" / "images.yaml"
 ADMIN_USER = "fedfleet-admin"
+PROMETHEUS = "prometheus"  # optional too: started last, stopped first
 
 
 class ClusterError(RuntimeError):
@@ -67,6 +71,7 @@ class ControlPlane:
     server: str  # https://127.0.0.1:<port>
     port: int
     ca_file: Path
+    prometheus: str | None = None  # http://127.0.0.1:<port> when Prometheus runs beside the API server
 
     def binary(self, name: str) -> Path:
         return self.bin_dir / name
@@ -78,6 +83,13 @@ class ControlPlane:
 def build(env: dict[str, str] | None = None) -> Path:
     """Build (or find cached) binaries through build.sh and return their directory."""
     out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True, env=env or None)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def build_prometheus(env: dict[str, str] | None = None) -> Path:
+    """Build (or find cached) prometheus and promtool through e2e/prometheus/build.sh; return their directory."""
+    script = prometheus_config.BUILD_SCRIPT
+    out = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True, env=env or None)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -290,19 +302,26 @@ def _write_state(state_dir: Path, state: dict[str, int]) -> None:
 def _ports(state: dict[str, int]) -> dict[str, int]:
     """Reuse the ports of the last run when they are still free, so a restarted dev cluster keeps its URL."""
     ports = {}
-    for name in ("etcd_client", "etcd_peer", "apiserver", "controller_manager"):
+    for name in ("etcd_client", "etcd_peer", "apiserver", "controller_manager", PROMETHEUS):
         old = state.get(f"port_{name}")
         ports[name] = old if old and _port_is_free(old) else _free_port()
     return ports
 
 
-def _spawn(name: str, argv: Sequence[str], state_dir: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    name: str, argv: Sequence[str], state_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = open(state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here
     with log:
         # A session of its own: `down` signals the whole group, and a Ctrl-C in the caller's terminal
         # does not kill the cluster half-way.
         return subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
 
 
@@ -312,12 +331,28 @@ def _tls_context(pki: Path) -> ssl.SSLContext:
     return ctx
 
 
-def _get(url: str, ctx: ssl.SSLContext, timeout: float = 5.0) -> tuple[int, bytes]:
+def _get(url: str, ctx: ssl.SSLContext | None, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as err:
         return int(err.code), bytes(err.read())
+
+
+def _apply(server: str, ctx: ssl.SSLContext, obj: dict[str, object], timeout: float = 10.0) -> None:
+    """Server-side apply of one object: created when missing, brought back to this content when it drifted."""
+    path = prometheus_config.object_path(obj)
+    request = urllib.request.Request(
+        f"{server}{path}?fieldManager=fedfleet-e2e&force=true",
+        data=json.dumps(obj).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        raise ClusterError(f"applying {path} for Prometheus failed: {err.code} {err.read()[:300]!r}") from None
 
 
 def _wait(
@@ -412,14 +447,81 @@ def _controller_manager_argv(bin_dir: Path, state_dir: Path, ports: dict[str, in
     ]
 
 
+# ---------------------------------------------------------------------------------------------- Prometheus
+
+
+def _prometheus_dir(state_dir: Path) -> Path:
+    return state_dir / "prometheus"
+
+
+def prometheus_address(state_dir: Path) -> str | None:
+    """The URL of the Prometheus that `up(..., prometheus=True)` started in state_dir, if it runs."""
+    state_dir = state_dir.resolve()
+    pid = _read_state(state_dir).get(f"pid_{PROMETHEUS}")
+    address = _prometheus_dir(state_dir) / "address"
+    if not pid or not _pid_alive(pid, state_dir) or not address.exists():
+        return None
+    return address.read_text().strip()
+
+
+def _discovery_token(
+    server: str, ctx: ssl.SSLContext, procs: dict[str, subprocess.Popen[bytes]], state_dir: Path, timeout: float
+) -> str:
+    """Apply the discovery account and return its token, once the token controller has filled it in."""
+    for obj in prometheus_config.discovery_objects():
+        _apply(server, ctx, obj)
+    secret_url = (
+        f"{server}/api/v1/namespaces/{prometheus_config.DISCOVERY_NAMESPACE}"
+        f"/secrets/{prometheus_config.DISCOVERY_TOKEN_SECRET}"
+    )
+    token: list[str] = []
+
+    def filled() -> bool:
+        code, body = _get(secret_url, ctx)
+        data = json.loads(body).get("data", {}) if code == 200 else {}
+        if "token" in data:
+            token.append(base64.b64decode(data["token"]).decode())
+        return bool(token)
+
+    _wait("the Prometheus discovery token", filled, procs, state_dir, timeout)
+    return token[0]
+
+
+def _start_prometheus(
+    state_dir: Path,
+    prometheus_bin: Path,
+    port: int,
+    server: str,
+    ctx: ssl.SSLContext,
+    record: Callable[[str, subprocess.Popen[bytes]], None],
+    procs: dict[str, subprocess.Popen[bytes]],
+    timeout: float,
+) -> None:
+    home = _prometheus_dir(state_dir)
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    token = _discovery_token(server, ctx, procs, state_dir, timeout)
+    kubeconfig = home / "discovery.kubeconfig"
+    ca_pem = (state_dir / "pki" / "ca.crt").read_bytes()
+    _write(kubeconfig, prometheus_config.discovery_kubeconfig(server, ca_pem, token).encode(), private=True)
+    config_file = home / "prometheus.yml"
+    _write(config_file, yaml.safe_dump(prometheus_config.prometheus_config(kubeconfig), sort_keys=False).encode())
+    argv = prometheus_config.prometheus_argv(prometheus_bin, config_file, home / "data", HOST, port)
+    # Discovery reads only the kubeconfig named in its config; leave nothing else for it to fall back to.
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    record(PROMETHEUS, _spawn(PROMETHEUS, argv, state_dir, env=env))
+    url = f"http://{HOST}:{port}"
+    _wait("Prometheus /-/ready", lambda: _get(url + "/-/ready", None)[0] == 200, procs, state_dir, timeout)
+    _write(home / "address", (url + "\n").encode())
+
+
 # ---------------------------------------------------------------------------------------------- public API
 
 
 def status(state_dir: Path) -> dict[str, bool]:
-    """Which components of the control plane in state_dir are running."""
+    """Which components of the control plane in state_dir are running (the optional ones if ever started)."""
     state_dir = state_dir.resolve()
     state = _read_state(state_dir)
-    names = [*COMPONENTS, AGENT] if f"pid_{AGENT}" in state else list(COMPONENTS)
+    names = [*COMPONENTS, *(name for name in (AGENT, PROMETHEUS) if f"pid_{name}" in state)]
     return {name: bool(state.get(f"pid_{name}")) and _pid_alive(state[f"pid_{name}"], state_dir) for name in names}
 
 
@@ -432,38 +534,47 @@ def _describe(state_dir: Path, bin_dir: Path) -> ControlPlane:
         server=f"https://{HOST}:{port}",
         port=port,
         ca_file=state_dir / "pki" / "ca.crt",
+        prometheus=prometheus_address(state_dir),
     )
 
 
 def up(
-    state_dir: Path, bin_dir: Path | None = None, timeout: float = 120.0, image_map: Path | None = None
+    state_dir: Path,
+    bin_dir: Path | None = None,
+    timeout: float = 120.0,
+    image_map: Path | None = None,
+    *,
+    prometheus: bool = False,
+    prometheus_bin: Path | None = None,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; return once the API serves and the
     controllers work (the `default` ServiceAccount exists). A running cluster is returned as it is.
 
     With image_map, also start the node agent (node `fedfleet-node`, pods under <state>/node) so that
-    pods run; tests start their own agent instead."""
+    pods run; tests start their own agent instead. With prometheus, also start Prometheus (from
+    prometheus_bin, default: e2e/prometheus/build.sh's cache) once it answers /-/ready; a running cluster
+    without it gets it added."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     bin_dir = _resolve_bin_dir(bin_dir).resolve()
+    prometheus_bin = (prometheus_bin or build_prometheus()).resolve() if prometheus else None
     running = status(state_dir)
-    if all(running.values()) and (image_map is None or AGENT in running):
+    core_up = all(running.get(name, False) for name in COMPONENTS) and (image_map is None or running.get(AGENT))
+    if core_up and (not prometheus or running.get(PROMETHEUS)):
         return _describe(state_dir, bin_dir)
-    if any(running.values()):
+    if not core_up and any(running.values()):
         down(state_dir)  # a half-running cluster is restarted whole rather than patched up
 
     (state_dir / "logs").mkdir(exist_ok=True)
     pki = state_dir / "pki"
     _ensure_pki(pki)
-    ports = _ports(_read_state(state_dir))
-    server = f"https://{HOST}:{ports['apiserver']}"
-    _write(state_dir / "kubeconfig", _kubeconfig(server, pki, ADMIN_USER, "admin").encode(), private=True)
-    _write(
-        state_dir / "controller-manager.kubeconfig",
-        _kubeconfig(server, pki, "system:kube-controller-manager", "controller-manager").encode(),
-        private=True,
-    )
-    state: dict[str, int] = {f"port_{k}": v for k, v in ports.items()}
+    old_state = _read_state(state_dir)
+    ports = _ports(old_state)  # a running component's port is not free, but only Prometheus' is used then
+    if core_up:
+        state = {**old_state, f"port_{PROMETHEUS}": ports[PROMETHEUS]}
+    else:
+        state = {f"port_{k}": v for k, v in ports.items()}
+    server = f"https://{HOST}:{state['port_apiserver']}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def record(name: str, proc: subprocess.Popen[bytes]) -> None:
@@ -473,53 +584,86 @@ def up(
 
     ctx = _tls_context(pki)
     try:
-        record("etcd", _spawn("etcd", _etcd_argv(bin_dir, state_dir / "etcd", ports), state_dir))
-        etcd_health = f"http://{HOST}:{ports['etcd_client']}/health"
-
-        def etcd_ok() -> bool:
-            with urllib.request.urlopen(etcd_health, timeout=2) as resp:
-                return b'"health":"true"' in resp.read()
-
-        _wait("etcd /health", etcd_ok, procs, state_dir, timeout)
-
-        record("kube-apiserver", _spawn("kube-apiserver", _apiserver_argv(bin_dir, state_dir, ports), state_dir))
-        _wait("kube-apiserver /readyz", lambda: _get(server + "/readyz", ctx)[0] == 200, procs, state_dir, timeout)
-
-        record(
-            "kube-controller-manager",
-            _spawn("kube-controller-manager", _controller_manager_argv(bin_dir, state_dir, ports), state_dir),
-        )
-        # The serviceaccount controller creating `default` in `default` shows the controllers run and can
-        # write through RBAC; the token controller is checked by the tests that mint tokens.
-        sa_url = server + "/api/v1/namespaces/default/serviceaccounts/default"
-        _wait("the default ServiceAccount", lambda: _get(sa_url, ctx)[0] == 200, procs, state_dir, timeout)
-        if image_map is not None:
-            agent = [
-                sys.executable,
-                str(AGENT_SCRIPT),
-                f"--kubeconfig={state_dir / 'kubeconfig'}",
-                f"--image-map={image_map.resolve()}",
-                f"--state-dir={state_dir / 'node'}",
-            ]
-            record(AGENT, _spawn(AGENT, agent, state_dir))
-            node_url = server + "/api/v1/nodes/fedfleet-node"
-            _wait("the node agent's Node", lambda: _get(node_url, ctx)[0] == 200, procs, state_dir, timeout)
+        if not core_up:
+            _start_core(state_dir, bin_dir, ports, record, procs, ctx, timeout, image_map)
+        if prometheus_bin is not None:
+            _start_prometheus(state_dir, prometheus_bin, ports[PROMETHEUS], server, ctx, record, procs, timeout)
     except BaseException:
-        down(state_dir)
+        # Whatever this call started goes again; a cluster that ran before keeps running without Prometheus.
+        if core_up:
+            _stop(state_dir, PROMETHEUS, 15.0)
+        else:
+            down(state_dir)
         raise
     return _describe(state_dir, bin_dir)
+
+
+def _start_core(
+    state_dir: Path,
+    bin_dir: Path,
+    ports: dict[str, int],
+    record: Callable[[str, subprocess.Popen[bytes]], None],
+    procs: dict[str, subprocess.Popen[bytes]],
+    ctx: ssl.SSLContext,
+    timeout: float,
+    image_map: Path | None,
+) -> None:
+    pki = state_dir / "pki"
+    server = f"https://{HOST}:{ports['apiserver']}"
+    _write(state_dir / "kubeconfig", _kubeconfig(server, pki, ADMIN_USER, "admin").encode(), private=True)
+    _write(
+        state_dir / "controller-manager.kubeconfig",
+        _kubeconfig(server, pki, "system:kube-controller-manager", "controller-manager").encode(),
+        private=True,
+    )
+    record("etcd", _spawn("etcd", _etcd_argv(bin_dir, state_dir / "etcd", ports), state_dir))
+    etcd_health = f"http://{HOST}:{ports['etcd_client']}/health"
+
+    def etcd_ok() -> bool:
+        with urllib.request.urlopen(etcd_health, timeout=2) as resp:
+            return b'"health":"true"' in resp.read()
+
+    _wait("etcd /health", etcd_ok, procs, state_dir, timeout)
+
+    record("kube-apiserver", _spawn("kube-apiserver", _apiserver_argv(bin_dir, state_dir, ports), state_dir))
+    _wait("kube-apiserver /readyz", lambda: _get(server + "/readyz", ctx)[0] == 200, procs, state_dir, timeout)
+
+    record(
+        "kube-controller-manager",
+        _spawn("kube-controller-manager", _controller_manager_argv(bin_dir, state_dir, ports), state_dir),
+    )
+    # The serviceaccount controller creating `default` in `default` shows the controllers run and can
+    # write through RBAC; the token controller is checked by the tests that mint tokens.
+    sa_url = server + "/api/v1/namespaces/default/serviceaccounts/default"
+    _wait("the default ServiceAccount", lambda: _get(sa_url, ctx)[0] == 200, procs, state_dir, timeout)
+    if image_map is not None:
+        agent = [
+            sys.executable,
+            str(AGENT_SCRIPT),
+            f"--kubeconfig={state_dir / 'kubeconfig'}",
+            f"--image-map={image_map.resolve()}",
+            f"--state-dir={state_dir / 'node'}",
+        ]
+        record(AGENT, _spawn(AGENT, agent, state_dir))
+        node_url = server + "/api/v1/nodes/fedfleet-node"
+        _wait("the node agent's Node", lambda: _get(node_url, ctx)[0] == 200, procs, state_dir, timeout)
 
 
 def down(state_dir: Path, timeout: float = 15.0) -> None:
     """Stop every component of the control plane in state_dir (SIGTERM, then SIGKILL). Keeps the data."""
     state_dir = state_dir.resolve()
+    # One at a time, in reverse start order: Prometheus and the node agent first (it stops its pods), then
+    # the controller manager and the API server, etcd last. An API server whose etcd is gone stalls its own
+    # shutdown.
+    for name in (PROMETHEUS, AGENT, *reversed(COMPONENTS)):
+        _stop(state_dir, name, timeout)
+
+
+def _stop(state_dir: Path, name: str, timeout: float) -> None:
+    """Stop one component (its whole process group) and forget its pid."""
     state = _read_state(state_dir)
-    # One at a time, in reverse start order: the node agent first (it stops its pods), then the controller
-    # manager and the API server, etcd last. An API server whose etcd is gone stalls its own shutdown.
-    for name in (AGENT, *reversed(COMPONENTS)):
-        pid = state.get(f"pid_{name}")
-        if not pid or not _pid_alive(pid, state_dir):
-            continue
+    pid = state.get(f"pid_{name}")
+    if pid and _pid_alive(pid, state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -530,9 +674,11 @@ def down(state_dir: Path, timeout: float = 15.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         _reap(pid)
-    for n in (*COMPONENTS, AGENT):
-        state.pop(f"pid_{n}", None)
-    if state_dir.exists():
+    if name == PROMETHEUS:
+        with contextlib.suppress(FileNotFoundError):
+            (_prometheus_dir(state_dir) / "address").unlink()  # nobody may take a stale address for a live one
+    if f"pid_{name}" in state and state_dir.exists():
+        del state[f"pid_{name}"]
         _write_state(state_dir, state)
 
 
@@ -559,16 +705,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="IMAGE_MAP",
         help=f"also run the node agent so pods run (image map default: {DEFAULT_IMAGE_MAP.name})",
     )
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus, discovering annotated pods through the API server (address in <state>/prometheus)",
+    )
+    parser.add_argument("--prometheus-bin", type=Path, help="prometheus binary's directory (default: build it)")
     args = parser.parse_args(argv)
     if args.command == "up":
         try:
-            cp = up(args.state_dir, args.bin_dir, args.timeout, args.node_agent)
+            cp = up(
+                args.state_dir,
+                args.bin_dir,
+                args.timeout,
+                args.node_agent,
+                prometheus=args.prometheus or args.prometheus_bin is not None,
+                prometheus_bin=args.prometheus_bin,
+            )
         except (ClusterError, subprocess.CalledProcessError) as err:
             print(f"cluster.py: {err}", file=sys.stderr)
             return 1
         print(f"export KUBECONFIG={cp.kubeconfig}")
         print(f"export FEDFLEET_CONTROLPLANE_BIN={cp.bin_dir}")
         print(f'export PATH="{cp.bin_dir}:$PATH"  # kubectl and helm of this control plane')
+        if cp.prometheus:
+            print(f"export FEDFLEET_PROMETHEUS={cp.prometheus}")
         return 0
     if args.command == "down":
         down(args.state_dir)

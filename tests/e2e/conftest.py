@@ -1,4 +1,5 @@
-"""Session fixtures for end-to-end tests: a real control plane on 127.0.0.1 plus the node agent.
+"""Session fixtures for end-to-end tests: a real control plane on 127.0.0.1 plus the node agent, and one
+Prometheus beside the API server for the whole session, discovering pods through it.
 
 The binaries are built (or found in the cache) once, right after collection and only if e2e tests were
 collected, so a cold build (tens of minutes) never counts against a test's timeout.
@@ -28,22 +29,31 @@ NODE_NAME = "fedfleet-e2e-node"
 POD_CIDR = f"127.0.{random.randrange(100, 200)}.0/24"
 
 _bin_dir: Path | None = None
+_prometheus_bin: Path | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    global _bin_dir
-    if any(item.get_closest_marker("e2e") for item in session.items) and _bin_dir is None:
-        _bin_dir = cluster.build()
+    global _bin_dir, _prometheus_bin
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        _bin_dir = _bin_dir or cluster.build()
+        _prometheus_bin = _prometheus_bin or cluster.build_prometheus()
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.ControlPlane]:
     state = tmp_path_factory.mktemp("controlplane")
-    cp = cluster.up(state, _bin_dir or cluster.build())
+    cp = cluster.up(state, _bin_dir or cluster.build(), prometheus=True, prometheus_bin=_prometheus_bin)
     try:
         yield cp
     finally:
         cluster.down(state)
+
+
+@pytest.fixture(scope="session")
+def prometheus(control_plane: cluster.ControlPlane) -> str:
+    """The URL of the session's Prometheus (started with the control plane, stopped with it)."""
+    assert control_plane.prometheus, f"Prometheus did not start; see {control_plane.state_dir}/logs/prometheus.log"
+    return control_plane.prometheus
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +118,8 @@ def operator_release(
     chart = REPO / "charts" / "fedfleet"
     done = helm(
         control_plane, home, "install", RELEASE, str(chart), f"--namespace={OPERATOR_NAMESPACE}",
-        "--create-namespace", "--set", "resyncSeconds=1", "--wait", "--timeout=120s",
+        "--create-namespace", "--set", "resyncSeconds=1", "--set", f"prometheus.address={control_plane.prometheus}",
+        "--wait", "--timeout=120s",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 

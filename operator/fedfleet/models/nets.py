@@ -37,11 +37,8 @@ def build_model(
 
     The output is logits; pair it with cross-entropy.
     """
+    _check_inputs(architecture, image_shape, num_classes)
     channels, height, width = image_shape
-    if min(image_shape) < 1:
-        raise ValueError(f"image_shape must be positive (C, H, W), got {image_shape}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     features = channels * height * width
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if architecture == "2nn":
@@ -52,8 +49,6 @@ def build_model(
         layers["relu2"] = nn.ReLU()
         layers["out"] = _linear(HIDDEN_2NN, num_classes)
     elif architecture == "cnn":
-        if height < 4 or width < 4:
-            raise ValueError(f"the cnn pools twice by 2x2 and needs images of at least 4x4, got {height}x{width}")
         c1, c2 = CNN_CHANNELS
         layers["conv1"] = _conv(channels, c1)
         layers["relu1"] = nn.ReLU()
@@ -65,14 +60,44 @@ def build_model(
         layers["fc1"] = _linear(c2 * (height // 4) * (width // 4), CNN_HIDDEN)
         layers["relu3"] = nn.ReLU()
         layers["out"] = _linear(CNN_HIDDEN, num_classes)
-    elif architecture == "logistic":
+    else:
         layers["flatten"] = nn.Flatten()
         layers["out"] = _linear(features, num_classes)
-    else:
-        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
     model = nn.Sequential(layers)
     _initialise(model, seed)
     return model
+
+
+def count_parameters(architecture: str, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    """How many parameters `build_model` would give these inputs, without building (allocating) the model:
+    a file or artifact that names an absurd image shape is refused before it costs any memory."""
+    _check_inputs(architecture, image_shape, num_classes)
+    channels, height, width = image_shape
+    features = channels * height * width
+    if architecture == "2nn":
+        return _dense(features, HIDDEN_2NN) + _dense(HIDDEN_2NN, HIDDEN_2NN) + _dense(HIDDEN_2NN, num_classes)
+    if architecture == "cnn":
+        c1, c2 = CNN_CHANNELS
+        convolutions = (channels * CNN_KERNEL**2 + 1) * c1 + (c1 * CNN_KERNEL**2 + 1) * c2
+        flattened = c2 * (height // 4) * (width // 4)
+        return convolutions + _dense(flattened, CNN_HIDDEN) + _dense(CNN_HIDDEN, num_classes)
+    return _dense(features, num_classes)
+
+
+def _check_inputs(architecture: str, image_shape: tuple[int, int, int], num_classes: int) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+    if min(image_shape) < 1:
+        raise ValueError(f"image_shape must be positive (C, H, W), got {image_shape}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    _, height, width = image_shape
+    if architecture == "cnn" and (height < 4 or width < 4):
+        raise ValueError(f"the cnn pools twice by 2x2 and needs images of at least 4x4, got {height}x{width}")
+
+
+def _dense(fan_in: int, fan_out: int) -> int:
+    return fan_in * fan_out + fan_out
 
 
 # Layers are created on the meta device and then given uninitialised CPU storage: constructing them on the

@@ -6,6 +6,7 @@ Either way the handlers get them from kopf's operator memo (see fedfleet.operato
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ StateStorage = Literal["pvc", "emptyDir"]
 EndpointMode = Literal["pod", "service"]
 
 ENV_PREFIX = "FEDFLEET_OPERATOR_"
+#: Longer than any real address; bounds what a mistyped value can make the operator carry around.
+MAX_ADDRESS_LENGTH = 2048
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     #: Outside a cluster only: never taken from $KUBECONFIG or ~/.kube/config implicitly.
     kubeconfig: Path | None = None
+    #: The Prometheus HTTP API (base URL) that rollout analysis queries when a ModelRollout names none.
+    prometheus_address: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -57,6 +62,7 @@ class OperatorConfig:
         if mode not in ("pod", "service"):
             raise ValueError(f"{ENV_PREFIX}ENDPOINT_MODE: must be pod or service, got {mode!r}")
         namespaces = tuple(n for n in get("NAMESPACES", "").split(",") if n.strip())
+        address = get("PROMETHEUS_ADDRESS", "")
         return cls(
             aggregator_image=get("AGGREGATOR_IMAGE", base.aggregator_image),
             operator_image=get("IMAGE", base.operator_image),
@@ -68,6 +74,7 @@ class OperatorConfig:
             stalled_restarts=int(_positive(get("STALLED_RESTARTS", str(base.stalled_restarts)), "STALLED_RESTARTS")),
             namespaces=tuple(n.strip() for n in namespaces),
             kubeconfig=Path(get("KUBECONFIG", "")) if get("KUBECONFIG", "") else None,
+            prometheus_address=prometheus_address(address, f"{ENV_PREFIX}PROMETHEUS_ADDRESS") if address else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -83,6 +90,7 @@ class OperatorConfig:
             "STALLED_RESTARTS": str(self.stalled_restarts),
             "NAMESPACES": ",".join(self.namespaces),
             "KUBECONFIG": str(self.kubeconfig) if self.kubeconfig else "",
+            "PROMETHEUS_ADDRESS": self.prometheus_address or "",
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}
 
@@ -95,3 +103,25 @@ def _positive(text: str, name: str) -> float:
     if not value > 0:
         raise ValueError(f"{ENV_PREFIX}{name}: must be greater than 0, got {text!r}")
     return value
+
+
+def prometheus_address(text: str, name: str) -> str:
+    """A Prometheus HTTP API base URL (http or https, a host, optional port and path prefix), without a trailing
+    slash; ValueError naming `name` otherwise. Credentials, queries and fragments are refused: queries are
+    built onto this base, and a password in a URL would end up in logs and Events."""
+    if len(text) > MAX_ADDRESS_LENGTH:
+        raise ValueError(f"{name}: must be at most {MAX_ADDRESS_LENGTH} characters, got {len(text)}")
+    try:
+        url = urllib.parse.urlsplit(text.strip())
+        port = url.port  # raises on a port outside 0..65535 or not a number
+    except ValueError as err:
+        raise ValueError(f"{name}: not a URL ({err}): {text!r}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"{name}: must be an http:// or https:// URL with a host, got {text!r}")
+    if url.username is not None or url.password is not None:
+        raise ValueError(f"{name}: must not carry credentials, got a URL with a user name")
+    if url.query or url.fragment:
+        raise ValueError(f"{name}: must have no query or fragment, got {text!r}")
+    if port == 0:
+        raise ValueError(f"{name}: port must be 1..65535, got {text!r}")
+    return urllib.parse.urlunsplit((url.scheme, url.netloc, url.path.rstrip("/"), "", ""))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedfleet.api import pod_environment
-from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.config import OperatorConfig, prometheus_address
 
 EXIT_BAD_INPUT = 2
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-class", default=None, help="storage class of the checkpoint claims")
     p.add_argument("--endpoint-mode", choices=("pod", "service"), default=defaults.endpoint_mode)
     p.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds)
+    p.add_argument("--prometheus-address", help="Prometheus HTTP API base URL for rollout analysis (default: none)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -49,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for port in (args.metrics_port, args.health_port):
         if not 0 <= port <= 65535:
             parser.error(f"port {port} is outside 0..65535")
+    try:
+        prometheus = (
+            prometheus_address(args.prometheus_address, "--prometheus-address") if args.prometheus_address else None
+        )
+    except ValueError as err:
+        parser.error(str(err))
     config = OperatorConfig(
         aggregator_image=args.aggregator_image,
         operator_image=args.operator_image,
@@ -59,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync_seconds=args.resync_seconds,
         namespaces=tuple(args.namespace),
         kubeconfig=args.kubeconfig,
+        prometheus_address=prometheus,
     )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -20,6 +20,11 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 #: Hash of everything the aggregator pod is built from: a different hash means the pod must be replaced.
 ANNOTATION_POD_HASH = f"{API_GROUP}/pod-spec-hash"
+#: The annotations Prometheus' usual pod discovery keeps: scrape this pod, on this port, at this path.
+ANNOTATION_SCRAPE = "prometheus.io/scrape"
+ANNOTATION_SCRAPE_PORT = "prometheus.io/port"
+ANNOTATION_SCRAPE_PATH = "prometheus.io/path"
+METRICS_PATH = "/metrics"
 
 # Where things are inside the aggregator pod. Programs resolve these under $FEDFLEET_ROOT when it is set
 # (the local node agent runs pods as processes, with each mountPath under the pod's directory; see

@@ -20,6 +20,7 @@ def test_settings_round_trip_through_the_environment() -> None:
         resync_seconds=1.5,
         namespaces=("x", "y"),
         kubeconfig=Path("/tmp/kc"),
+        prometheus_address="http://127.0.0.1:9090/prom",
     )
     assert OperatorConfig.from_env(config.to_env()) == config
     assert OperatorConfig.from_env({}) == OperatorConfig()
@@ -32,11 +33,37 @@ def test_settings_round_trip_through_the_environment() -> None:
         ("ENDPOINT_MODE", "ingress", "pod or service"),
         ("RESYNC_SECONDS", "0", "greater than 0"),
         ("RESYNC_SECONDS", "soon", "must be a number"),
+        ("PROMETHEUS_ADDRESS", "prometheus:9090", "http:// or https:// URL with a host"),
+        ("PROMETHEUS_ADDRESS", "ftp://prometheus", "http:// or https:// URL with a host"),
+        ("PROMETHEUS_ADDRESS", "http://admin:hunter2@prometheus", "must not carry credentials"),
+        ("PROMETHEUS_ADDRESS", "http://prometheus/api?x=1", "no query or fragment"),
+        ("PROMETHEUS_ADDRESS", "http://prometheus:99999", "not a URL"),
+        ("PROMETHEUS_ADDRESS", "http://prometheus:0", "port must be 1..65535"),
+        ("PROMETHEUS_ADDRESS", "http://p/" + "x" * 3000, "at most 2048 characters"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"FEDFLEET_OPERATOR_{name}: .*{message}"):
         OperatorConfig.from_env({f"FEDFLEET_OPERATOR_{name}": value})
+
+
+def test_a_bad_prometheus_address_never_echoes_its_password() -> None:
+    with pytest.raises(ValueError) as caught:
+        OperatorConfig.from_env({"FEDFLEET_OPERATOR_PROMETHEUS_ADDRESS": "http://admin:hunter2@prometheus"})
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://127.0.0.1:9090", "http://127.0.0.1:9090"),
+        ("https://prometheus.monitoring.svc:9090/", "https://prometheus.monitoring.svc:9090"),
+        (" http://[::1]:9090/prefix/ ", "http://[::1]:9090/prefix"),
+    ],
+)
+def test_prometheus_address_is_kept_as_a_base_url(given: str, kept: str) -> None:
+    config = OperatorConfig.from_env({"FEDFLEET_OPERATOR_PROMETHEUS_ADDRESS": given})
+    assert config.prometheus_address == kept
 
 
 def test_in_cluster_credentials_resolve_under_the_pod_root(tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "error:" in capsys.readouterr().err
 
 
+def test_a_bad_prometheus_address_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--prometheus-address", "prometheus:9090"])
+    assert caught.value.code == 2
+    assert "--prometheus-address: must be an http:// or https:// URL" in capsys.readouterr().err
+
+
 def test_no_cluster_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "FEDFLEET_"))}
     before = dict(env)

@@ -157,6 +157,10 @@ def test_spec_image_ports_and_resources_reach_the_pod() -> None:
     assert main["image"] == "registry.example/agg:2"
     assert main["resources"] == {"requests": {"cpu": "500m"}, "limits": {"cpu": "2", "memory": "1Gi"}}
     assert [p["containerPort"] for p in main["ports"]] == [7000, 7001]
+    # Prometheus' pod discovery finds /metrics on the HTTP port, whatever the spec makes it.
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "7001" and annotations["prometheus.io/path"] == "/metrics"
     service = build_service(body, spec)
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("grpc", 7000, "grpc"),

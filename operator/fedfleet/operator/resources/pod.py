@@ -4,7 +4,8 @@
   Service names with the job CA, and writes the final aggregator configuration (listening on the pod IP).
   Only this container mounts the CA key.
 * Container `aggregator`: serves gRPC (TLS, device tokens) and HTTP (/metrics, /healthz, /readyz), checkpoints
-  into the state volume, and reports progress by patching its job's status with its own ServiceAccount.
+  into the state volume, and reports progress by patching its job's status with its own ServiceAccount. The
+  pod carries the `prometheus.io/*` annotations, so Prometheus' pod discovery scrapes its /metrics.
 
 `restartPolicy: OnFailure`: the aggregator exits 0 once the job is complete (the pod then Succeeds); any other
 exit restarts it in place, and it resumes from its checkpoint. The configuration path is relative to
@@ -134,6 +135,15 @@ def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfi
     }
 
 
+def scrape_annotations(spec: FederatedJobSpec) -> dict[str, str]:
+    """Prometheus' pod discovery scrapes the aggregator's /metrics on its HTTP port (at the pod IP)."""
+    return {
+        naming.ANNOTATION_SCRAPE: "true",
+        naming.ANNOTATION_SCRAPE_PORT: str(spec.aggregator.http_port),
+        naming.ANNOTATION_SCRAPE_PATH: naming.METRICS_PATH,
+    }
+
+
 def pod_spec_hash(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfig, config_text: str) -> str:
     """Identifies what the pod is built from (its spec and the configuration it reads)."""
     payload = json.dumps([_pod_spec(job, spec, config), config_text], sort_keys=True).encode()
@@ -144,5 +154,9 @@ def build_aggregator_pod(
     job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfig, config_text: str
 ) -> dict[str, Any]:
     meta = naming.child_metadata(job, naming.aggregator_name(job["metadata"]["name"]))
-    meta["annotations"] = {naming.ANNOTATION_POD_HASH: pod_spec_hash(job, spec, config, config_text)}
+    # The scrape annotations stay out of the hash: a new way of being scraped is no reason to restart training.
+    meta["annotations"] = {
+        naming.ANNOTATION_POD_HASH: pod_spec_hash(job, spec, config, config_text),
+        **scrape_annotations(spec),
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": _pod_spec(job, spec, config)}
