@@ -1,62 +1,31 @@
-"""What the gateway tests share: a Gateway core on a temporary state dir, fleet views, artifacts and signed
-release records, and an injected clock.
-
-STAND-IN: `MemoryStore` plays fedfleet.persist.artifact_store until that branch is merged; it implements only
-what the gateway's ArtifactStore Protocol (fedfleet.gateway.contracts) asks.
-"""
+"""What the gateway tests share: a Gateway core on a temporary state dir with a real artifact store, fleet
+views, valid model artifacts of a chosen size, release records signed with a real Ed25519 key, and an
+injected clock."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from fedfleet.gateway.core import Gateway, GatewaySettings, SignedParts
 from fedfleet.gateway.fleet_state import FleetStates
 from fedfleet.gateway.metrics import GatewayMetrics
+from fedfleet.models.artifact import ArtifactHeader, ModelArtifact, ModelMetadata, ReleaseRecord, digest_of, encode
+from fedfleet.persist.artifact_store import ArtifactStore
 from fedfleet.rollout.assignment import FleetView, RolloutView
 from fedfleet.rollout.cohort import bucket
 from fedfleet.rollout.selector import DeviceSelector
+from fedfleet.security.signing import SigningKey
 
-# ---- stand-in for fedfleet.persist.artifact_store ---------------------------------------------------------
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> str:
-        self.blobs[digest_of(data)] = data
-        return digest_of(data)
-
-    def put_stream(self, chunks: Iterable[bytes], expected_digest: str, max_bytes: int) -> str:
-        data = b""
-        for chunk in chunks:
-            data += chunk
-            if len(data) > max_bytes:
-                raise ValueError(f"more than {max_bytes} bytes")
-        if digest_of(data) != expected_digest:
-            raise ValueError(f"the bytes hash to {digest_of(data)}, not {expected_digest}")
-        return self.put(data)
-
-    def has(self, digest: str) -> bool:
-        return digest in self.blobs
-
-    def size(self, digest: str) -> int:
-        return len(self.blobs[digest])
-
-    def read_chunk(self, digest: str, offset: int, length: int) -> bytes:
-        return self.blobs[digest][offset : offset + length]
-
+__all__ = ["digest_of"]
 
 # ---- helpers ----------------------------------------------------------------------------------------------
 
@@ -74,16 +43,43 @@ class FakeClock:
         self.now += seconds
 
 
+#: The key the tests' operator signs releases with.
+SIGNING_KEY = SigningKey.generate()
+
+
 def artifact(tag: str, size: int = 3000) -> bytes:
-    """Bytes standing for a model artifact (the gateway treats artifacts as opaque bytes)."""
-    seed = hashlib.sha256(tag.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
+    """A valid model artifact (softmax regression on 1 x s x s "images") of about `size` bytes, its weights
+    seeded by `tag`: different tags give different digests."""
+    side = max(1, math.isqrt(max(0, size - 400) // 8))
+    n = side * side
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "big"))
+    header = ArtifactHeader(
+        architecture="logistic",
+        image_shape=(1, side, side),
+        num_classes=2,
+        layout=(("out.weight", (2, n)), ("out.bias", (2,))),
+        metadata=ModelMetadata(
+            job="demo/mnist", round=3, accuracy=0.9, epsilon=None, created="2026-11-29T17:41:46Z", source=tag
+        ),
+    )
+    return encode(ModelArtifact(header, rng.standard_normal(2 * n + 2).astype(np.float32)))
 
 
-def release(data: bytes, key_id: str = "ed25519:0123456789abcdef") -> SignedParts:
-    record = {"digest": digest_of(data), "size": len(data), "key_id": key_id, "version": digest_of(data)}
-    body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    return SignedParts(record=body, signature=b"s" * 64, key_id=key_id)
+def record_for(data: bytes, **changes: Any) -> ReleaseRecord:
+    fields: dict[str, Any] = {
+        "rollout": "demo/mnist", "revision": 1, "version": digest_of(data), "digest": digest_of(data),
+        "size": len(data), "architecture": "logistic", "key_id": SIGNING_KEY.key_id,
+        "issued_at": "2026-11-30T08:00:00Z",
+    }  # fmt: skip
+    fields.update(changes)
+    return ReleaseRecord(**fields)
+
+
+def release(data: bytes, **changes: Any) -> SignedParts:
+    """The operator's signed release of `data`, as PutFleetView carries it (`changes` alter the record)."""
+    record = record_for(data, **changes)
+    signature = SIGNING_KEY.sign(record.signing_message())
+    return SignedParts(record=record.canonical_bytes(), signature=signature, key_id=record.key_id)
 
 
 def view_json(
@@ -109,7 +105,7 @@ class Bench:
     """A Gateway core over a memory store, with the artifacts `v1` and `v2` published."""
 
     gateway: Gateway
-    store: MemoryStore
+    store: ArtifactStore
     registry: CollectorRegistry
     clock: FakeClock
     state_dir: Path
@@ -134,7 +130,7 @@ class Bench:
 def make_gateway(
     state_dir: Path,
     settings: GatewaySettings | None = None,
-    store: MemoryStore | None = None,
+    store: ArtifactStore | None = None,
     clock: FakeClock | None = None,
     fleets: tuple[str, ...] = (FLEET, "other"),
 ) -> tuple[Gateway, CollectorRegistry]:
@@ -143,7 +139,7 @@ def make_gateway(
     states.load()
     gateway = Gateway(
         states,
-        store or MemoryStore(),
+        store or ArtifactStore(state_dir / "artifacts"),
         GatewayMetrics(registry),
         settings or GatewaySettings(check_in_interval_seconds=60.0, health_report_min_interval_seconds=5.0),
         state_dir / "incoming",
@@ -154,7 +150,7 @@ def make_gateway(
 
 
 def bench(state_dir: Path, settings: GatewaySettings | None = None) -> Bench:
-    store, clock = MemoryStore(), FakeClock()
+    store, clock = ArtifactStore(state_dir / "artifacts"), FakeClock()
     v1, v2 = artifact("model v1"), artifact("model v2", 5000)
     store.put(v1)
     store.put(v2)
@@ -183,7 +179,7 @@ class LiveGateway:
     """A GatewayApp on 127.0.0.1 (free ports) with a fresh CA, token key and admin secret."""
 
     app: Any  # fedfleet.gateway.app.GatewayApp
-    store: MemoryStore
+    store: ArtifactStore
     ca_pem: bytes
     token_key: bytes
     admin_secret: str
@@ -225,7 +221,7 @@ async def start_gateway(state_dir: Path, **overrides: Any) -> LiveGateway:
         "fleets": [FLEET, "other"],
     }
     settings.update(overrides)
-    store = MemoryStore()
+    store = ArtifactStore(state_dir / "artifacts")
     app = GatewayApp(GatewayConfig(**settings), security, store, registry=CollectorRegistry())
     await app.start()
     return LiveGateway(app, store, ca.cert_pem, security.token_key, security.admin_secret)

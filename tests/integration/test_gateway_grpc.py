@@ -213,8 +213,7 @@ def test_a_restarted_gateway_serves_the_same_view_to_reconnecting_devices(tmp_pa
             ended = await asyncio.wait_for(watch.read(), EVENT_BOUND_SECONDS)
             assert ended is grpc.aio.EOF or watch.done(), "shutdown ends the stream: the device reconnects"
 
-        second = await start_gateway(tmp_path)
-        second.store.blobs.update(first.store.blobs)  # the same volume
+        second = await start_gateway(tmp_path)  # the same state dir and artifact volume
         try:
             async with second.channel() as channel:
                 answer = await rpc.FleetStub(channel).GetAssignment(

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from fedfleet.persist.artifact_store import ArtifactStore
 from fedfleet.proto import guard
 from fedfleet.proto.http_endpoints import HttpEndpoints
 from fedfleet.proto.refusals import Refusal
@@ -29,7 +30,6 @@ from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, fleet_identity, new_key, read_key, write_key
 
 from .config import GatewayConfig
-from .contracts import ArtifactStore
 from .core import Gateway
 from .fleet_state import FleetStates
 from .metrics import GatewayMetrics
@@ -172,16 +172,10 @@ class GatewayApp:
             await self._health.set(name, status)
 
 
-def directory_store(config: GatewayConfig) -> ArtifactStore:
-    """The artifact store on the configured directory (the gateway's volume)."""
-    from fedfleet.persist.artifact_store import ArtifactStore as DirectoryStore
-
-    return DirectoryStore(config.artifact_dir)
-
-
 async def serve(config: GatewayConfig) -> int:
     """The `fedfleet gateway` process: serves until SIGTERM or SIGINT; 0 after a clean shutdown."""
-    app = GatewayApp(config, prepare_security(config), directory_store(config))
+    store = ArtifactStore(config.artifact_dir, config.limits.max_artifact_bytes)
+    app = GatewayApp(config, prepare_security(config), store)
     await app.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

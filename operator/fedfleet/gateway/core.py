@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedfleet.models.artifact import is_digest
+from fedfleet.persist.artifact_store import ArtifactStore, ArtifactStoreError
 from fedfleet.proto.refusals import Refusal
 from fedfleet.rollout.assignment import FleetView, assign
 
-from .contracts import ArtifactStore, versions_of
 from .errors import GatewayError
-from .fleet_state import FleetSnapshot, FleetStates
+from .fleet_state import FleetSnapshot, FleetStates, versions_of
 from .health_stats import GenerationHealth, VersionHealth
 from .inputs import (
     ActivationFailure,
@@ -37,7 +38,7 @@ from .inputs import (
 from .metrics import OUTCOME_ACTIVATION_FAILURE, OUTCOME_OK, OUTCOME_REFUSED, GatewayMetrics
 from .presence import Presence
 from .publishing import publish_stream
-from .releases import Release, ReleaseError, check_digest, parse_release
+from .releases import Release, ReleaseError, parse_release
 from .throttle import ReportThrottle
 from .watchers import DeviceAssignment, Watch, WatchClosed, WatchRegistry
 
@@ -182,7 +183,10 @@ class Gateway:
     def _chunks(self, digest: str, offset: int, size: int) -> Iterator[tuple[int, bytes]]:
         step = self.settings.download_chunk_bytes
         while offset < size:
-            data = self.store.read_chunk(digest, offset, min(step, size - offset))
+            try:
+                data = self.store.read_chunk(digest, offset, min(step, size - offset))
+            except ArtifactStoreError as exc:  # removed from the volume under a running download
+                raise GatewayError(Refusal.UNKNOWN_ARTIFACT, str(exc)) from None
             if not data:
                 return
             yield offset, data
@@ -234,10 +238,8 @@ class Gateway:
     async def publish(self, chunks: AsyncIterator[bytes], digest: str, size: int) -> str:
         """Store an artifact of `size` bytes that must hash to `digest`; idempotent."""
         with self._counting("PublishModel"):
-            try:
-                check_digest(digest, "header.digest")
-            except ReleaseError as exc:
-                raise GatewayError(Refusal.BAD_REQUEST, str(exc)) from None
+            if not is_digest(digest):
+                raise GatewayError(Refusal.BAD_REQUEST, "header.digest: must be 'sha256:' followed by 64 lowercase hex")
             if not 0 < size <= self.settings.max_artifact_bytes:
                 raise GatewayError(
                     Refusal.PUBLISH_REJECTED, f"header.size: must be within [1, {self.settings.max_artifact_bytes}]"
@@ -302,8 +304,11 @@ class Gateway:
                 return held.releases[version]
             raise GatewayError(Refusal.BAD_FLEET_VIEW, f"releases: no signed release for {version}")
         try:
-            return parse_release(version, parts.record, parts.signature, parts.key_id, self.store.size(version))
-        except ReleaseError as exc:
+            header = self.store.header(version)
+            return parse_release(
+                version, parts.record, parts.signature, parts.key_id, self.store.size(version), header.architecture
+            )
+        except (ReleaseError, ArtifactStoreError) as exc:
             raise GatewayError(Refusal.BAD_FLEET_VIEW, str(exc)) from None
 
     def summary(self, fleet: str) -> FleetSummary:

@@ -17,10 +17,17 @@ from typing import Any
 from fedfleet.persist.atomic import atomic_write_text
 from fedfleet.rollout.assignment import FleetView
 
-from .contracts import versions_of
 from .releases import Release, ReleaseError
 
 FORMAT = 1
+
+
+def versions_of(view: FleetView) -> frozenset[str]:
+    """Every artifact digest the view names: the fleet's stable version and each rollout's stable and candidate."""
+    named = [view.stable]
+    for rollout in view.rollouts:
+        named += [rollout.stable, rollout.candidate]
+    return frozenset(v for v in named if v)
 
 
 class FleetStateError(Exception):

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from fedfleet.models.artifact import is_digest
 from fedfleet.proto.refusals import Refusal
 
 from .errors import GatewayError
-from .releases import DIGEST_PATTERN
 
 MAX_APP_VERSION_CHARS = 64
 #: Bounds that no real evaluation exceeds: a latency of an hour per example, or a billion held-out examples, is
@@ -75,7 +75,7 @@ def check_attributes(attributes: Mapping[str, str], limits: AttributeLimits) -> 
 
 def check_version(text: str, field: str, *, required: bool) -> str:
     """An artifact digest, or (when not required) empty."""
-    if (text or required) and not DIGEST_PATTERN.fullmatch(text):
+    if (text or required) and not is_digest(text):
         what = "an artifact digest" if required else "empty or an artifact digest"
         raise GatewayError(Refusal.BAD_REQUEST, f"{field}: must be {what} 'sha256:<64 lowercase hex>'")
     return text
@@ -91,7 +91,7 @@ def check_app_version(text: str) -> str:
 
 def check_health(report: HealthReport) -> None:
     """The measurements of a report on an active version; a report of an activation failure carries none."""
-    if not DIGEST_PATTERN.fullmatch(report.version):
+    if not is_digest(report.version):
         raise _bad("version", "must be an artifact digest 'sha256:<64 lowercase hex>'")
     if report.activation_failure not in _FAILURES:
         given = report.activation_failure[:40]

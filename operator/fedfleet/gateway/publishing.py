@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from fedfleet.persist.artifact_store import ArtifactStore, ArtifactStoreError
 from fedfleet.proto.refusals import Refusal
 
-from .contracts import ArtifactStore
 from .errors import GatewayError
 
 #: Bytes per read when the spooled file is handed to the store.
@@ -42,8 +42,8 @@ async def publish_stream(
             )
         try:
             return await asyncio.to_thread(store.put_stream, _read(path), digest, size)
-        except ValueError as exc:
-            raise GatewayError(Refusal.PUBLISH_REJECTED, f"the artifact was not stored: {exc}") from None
+        except ArtifactStoreError as exc:
+            raise GatewayError(Refusal.PUBLISH_REJECTED, f"the artifact was not stored: {exc.message}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

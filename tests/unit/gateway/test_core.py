@@ -97,6 +97,11 @@ def test_a_release_that_cannot_be_its_artifacts_is_refused(tmp_path: Path) -> No
         "a record that is not JSON": {b.d1: SignedParts(b"\xff\xfe", good.signature, good.key_id)},
         "no signature": {b.d1: SignedParts(good.record, b"", good.key_id)},
         "another key id than the record's": {b.d1: SignedParts(good.record, good.signature, "ed25519:ffff")},
+        "another architecture than the artifact's": {b.d1: release(b.v1, architecture="mlp")},
+        "another size than the artifact's": {b.d1: release(b.v1, size=len(b.v1) + 1)},
+        "a record spelled otherwise than canonically": {
+            b.d1: SignedParts(b" " + good.record, good.signature, good.key_id)
+        },
     }
     for case, releases in cases.items():
         assert refused(put, FLEET, view_json(b.d1), releases) == Refusal.BAD_FLEET_VIEW, case
@@ -179,7 +184,7 @@ def test_publishing_stores_what_hashes_to_its_digest_and_nothing_else(tmp_path: 
 
     async def scenario() -> None:
         assert await b.gateway.publish(_chunks(model[:4000], model[4000:]), digest, len(model)) == digest
-        assert b.store.blobs[digest] == model
+        assert b.store.read_chunk(digest, 0, len(model)) == model
         tampered = model[:-1] + b"\x00"
         other = digest_of(artifact("other", 10_000))
         for chunks, size in (
@@ -190,6 +195,10 @@ def test_publishing_stores_what_hashes_to_its_digest_and_nothing_else(tmp_path: 
             with pytest.raises(GatewayError) as info:
                 await b.gateway.publish(chunks, other, size)
             assert info.value.reason == Refusal.PUBLISH_REJECTED
+        not_a_model = b"x" * 5000  # hashes to its digest, but is no artifact
+        with pytest.raises(GatewayError) as info:
+            await b.gateway.publish(_chunks(not_a_model), digest_of(not_a_model), len(not_a_model))
+        assert info.value.reason == Refusal.PUBLISH_REJECTED and "artifact" in info.value.message
         with pytest.raises(GatewayError) as info:
             await b.gateway.publish(_chunks(model), digest, 10**12)
         assert info.value.reason == Refusal.PUBLISH_REJECTED
@@ -198,7 +207,7 @@ def test_publishing_stores_what_hashes_to_its_digest_and_nothing_else(tmp_path: 
         assert info.value.reason == Refusal.BAD_REQUEST
 
     asyncio.run(scenario())
-    assert set(b.store.blobs) == {b.d1, b.d2, digest}
+    assert set(b.store.digests()) == {b.d1, b.d2, digest}
     assert list((tmp_path / "incoming").iterdir()) == [], "no spooled upload is left behind"
 
 

@@ -42,7 +42,7 @@ def test_a_snapshot_needs_a_release_for_every_version_it_names(tmp_path: Path) -
         lambda text: text[: len(text) // 2],  # torn by hand (the gateway never writes a torn file)
         lambda text: text.replace('"format": 1', '"format": 9'),
         lambda text: text.replace('"fleet": "default"', '"fleet": "other"'),
-        lambda text: text.replace('"record": "', '"record": "!!'),
+        lambda text: text.replace('"signature": "', '"signature": "!!'),
     ],
 )
 def test_a_state_file_that_cannot_be_used_is_named(tmp_path: Path, damage: object) -> None:

@@ -31,3 +31,12 @@ def test_activation_failures_and_roles_name_what_devices_and_the_rollout_say() -
     assert pb.ModelHealthReport().activation_failure == pb.ModelHealthReport.NONE, "no failure is the default"
     roles = {name.lower() for name in pb.ModelAssignment.Role.DESCRIPTOR.values_by_name} - {"role_unspecified"}
     assert roles == {"stable", "canary", "control", "outside"}
+
+
+def test_every_reason_a_device_refuses_an_artifact_for_has_a_wire_name_and_a_gateway_label() -> None:
+    from fedfleet.gateway.inputs import ActivationFailure
+    from fedfleet.security.releases import RejectionReason
+
+    wire = {name.lower() for name in pb.ModelHealthReport.ActivationFailure.DESCRIPTOR.values_by_name}
+    assert {r.value for r in RejectionReason} <= wire
+    assert {f.value for f in ActivationFailure} == wire
