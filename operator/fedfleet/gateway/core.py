@@ -212,7 +212,8 @@ class Gateway:
                     Refusal.REPORT_TOO_FREQUENT, f"this device reported on this version; next report in {wait:.0f}s"
                 )
         except GatewayError as err:
-            self.metrics.health_reports.labels(fleet, label, OUTCOME_REFUSED).inc()
+            if fleet in self.states.fleets:  # a label value only for a fleet served here
+                self.metrics.health_reports.labels(fleet, label, OUTCOME_REFUSED).inc()
             self.metrics.refused("ReportModelHealth", err.reason)
             raise
         self._throttle.accepted(fleet, device_id, report.version)
