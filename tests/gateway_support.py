@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from fedfleet.gateway.core import Gateway, GatewaySettings, SignedParts
+from fedfleet.gateway.core import Gateway, GatewaySettings
 from fedfleet.gateway.fleet_state import FleetStates
 from fedfleet.gateway.metrics import GatewayMetrics
+from fedfleet.gateway.releases import SignedParts
 from fedfleet.models.artifact import ArtifactHeader, ModelArtifact, ModelMetadata, ReleaseRecord, digest_of, encode
 from fedfleet.persist.artifact_store import ArtifactStore
 from fedfleet.rollout.assignment import FleetView, RolloutView

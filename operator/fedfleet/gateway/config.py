@@ -52,23 +52,39 @@ class GatewayAuth(_Section):
     generate: bool = Field(False, description="create the missing key files")
 
 
+#: The in-process defaults (fedfleet.gateway.core): a file that leaves a limit out gets the same.
+_DEFAULT = GatewaySettings()
+
+
 class GatewayLimits(_Section):
-    max_attributes: int = Field(32, ge=1, le=256, description="device attributes per request")
-    max_attribute_key_chars: int = Field(63, ge=1, le=253)
-    max_attribute_value_chars: int = Field(256, ge=1, le=4096)
-    max_artifact_bytes: int = Field(256 << 20, ge=1024, le=4 << 30, description="largest model artifact")
-    max_view_bytes: int = Field(1 << 20, ge=1024, le=16 << 20, description="largest fleet view (JSON)")
-    max_releases: int = Field(64, ge=1, le=1024, description="signed releases per PutFleetView")
-    download_chunk_bytes: int = Field(256 << 10, ge=4096, le=256 << 10, description="data per download message")
-    max_watch_streams: int = Field(20_000, ge=1, le=1_000_000, description="open WatchAssignment streams in total")
-    max_watch_streams_per_device: int = Field(2, ge=1, le=16)
+    max_attributes: int = Field(_DEFAULT.attributes.max_attributes, ge=1, le=256, description="per request")
+    max_attribute_key_chars: int = Field(_DEFAULT.attributes.max_key_chars, ge=1, le=253)
+    max_attribute_value_chars: int = Field(_DEFAULT.attributes.max_value_chars, ge=1, le=4096)
+    max_artifact_bytes: int = Field(
+        _DEFAULT.max_artifact_bytes, ge=1024, le=4 << 30, description="largest model artifact"
+    )
+    max_view_bytes: int = Field(_DEFAULT.max_view_bytes, ge=1024, le=16 << 20, description="largest fleet view JSON")
+    max_releases: int = Field(_DEFAULT.max_releases, ge=1, le=1024, description="signed releases per PutFleetView")
+    download_chunk_bytes: int = Field(
+        _DEFAULT.download_chunk_bytes, ge=4096, le=256 << 10, description="data per download message"
+    )
+    max_watch_streams: int = Field(
+        _DEFAULT.max_watch_streams, ge=1, le=1_000_000, description="open WatchAssignment streams in total"
+    )
+    max_watch_streams_per_device: int = Field(_DEFAULT.max_watch_streams_per_device, ge=1, le=16)
     max_tracked_devices: int = Field(
-        200_000, ge=1, le=10_000_000, description="devices remembered for the device and reporting gauges"
+        _DEFAULT.max_tracked_devices,
+        ge=1,
+        le=10_000_000,
+        description="devices remembered for the device and reporting gauges",
     )
     health_report_min_interval_seconds: float = Field(
-        5.0, ge=0, le=86400, description="least time between a device's accepted reports on one version"
+        _DEFAULT.health_report_min_interval_seconds,
+        ge=0,
+        le=86400,
+        description="least time between a device's accepted reports on one version",
     )
-    max_concurrent_publishes: int = Field(2, ge=1, le=16)
+    max_concurrent_publishes: int = Field(_DEFAULT.max_concurrent_publishes, ge=1, le=16)
 
 
 class GatewayConfig(_Section):
@@ -79,8 +95,12 @@ class GatewayConfig(_Section):
     artifact_dir: Path = Field(Path("artifacts"), description="the content-addressed artifact store")
     state_dir: Path = Field(Path("state"), description="each fleet's current view")
     fleets: list[FleetName] = Field(..., min_length=1, max_length=MAX_FLEETS, description="the fleets served")
-    check_in_interval_seconds: float = Field(60.0, ge=1, le=86400, description="how often devices check in")
-    watch_keepalive_seconds: float = Field(30.0, ge=0.05, le=3600, description="longest silence on a watch")
+    check_in_interval_seconds: float = Field(
+        _DEFAULT.check_in_interval_seconds, ge=1, le=86400, description="how often devices check in"
+    )
+    watch_keepalive_seconds: float = Field(
+        _DEFAULT.keepalive_seconds, ge=0.05, le=3600, description="longest silence on a watch"
+    )
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
 
     @field_validator("fleets")

@@ -38,7 +38,7 @@ from .inputs import (
 from .metrics import OUTCOME_ACTIVATION_FAILURE, OUTCOME_OK, OUTCOME_REFUSED, GatewayMetrics
 from .presence import Presence
 from .publishing import publish_stream
-from .releases import Release, ReleaseError, parse_release
+from .releases import Release, ReleaseError, SignedParts, parse_release
 from .throttle import ReportThrottle
 from .watchers import DeviceAssignment, Watch, WatchClosed, WatchRegistry
 
@@ -63,15 +63,6 @@ class GatewaySettings:
     max_tracked_devices: int = 200_000
     health_report_min_interval_seconds: float = 5.0
     max_concurrent_publishes: int = 2
-
-
-@dataclass(frozen=True)
-class SignedParts:
-    """A signed release as it arrives: the record's bytes, the signature, the key id (the size is the store's)."""
-
-    record: bytes
-    signature: bytes
-    key_id: str
 
 
 @dataclass(frozen=True)
@@ -306,9 +297,7 @@ class Gateway:
             raise GatewayError(Refusal.BAD_FLEET_VIEW, f"releases: no signed release for {version}")
         try:
             header = self.store.header(version)
-            return parse_release(
-                version, parts.record, parts.signature, parts.key_id, self.store.size(version), header.architecture
-            )
+            return parse_release(version, parts, self.store.size(version), header.architecture)
         except (ReleaseError, ArtifactStoreError) as exc:
             raise GatewayError(Refusal.BAD_FLEET_VIEW, str(exc)) from None
 

@@ -20,6 +20,15 @@ class ReleaseError(ValueError):
 
 
 @dataclass(frozen=True)
+class SignedParts:
+    """A signed release as it arrives: the record's bytes, the signature, the key id (the size is the store's)."""
+
+    record: bytes
+    signature: bytes
+    key_id: str
+
+
+@dataclass(frozen=True)
 class Release:
     signed: SignedRelease
 
@@ -55,10 +64,11 @@ class Release:
             raise ReleaseError(str(exc)) from None
 
 
-def parse_release(digest: str, record: bytes, signature: bytes, key_id: str, size: int, architecture: str) -> Release:
+def parse_release(digest: str, parts: SignedParts, size: int, architecture: str) -> Release:
     """The release of the stored artifact `digest` (`size` bytes of `architecture`); ReleaseError names what
     does not fit."""
     where = f"releases[{digest}]"
+    record, signature, key_id = parts.record, parts.signature, parts.key_id
     if not 0 < len(signature) <= MAX_SIGNATURE_BYTES:
         raise ReleaseError(f"{where}.signature: must be 1..{MAX_SIGNATURE_BYTES} bytes")
     try:

@@ -24,10 +24,11 @@ from fedfleet.proto.refusals import ERROR_KEY, Refusal
 from fedfleet.proto.v1 import gateway_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier, fleet_of
 
-from .core import Gateway, SignedParts
+from .core import Gateway
 from .errors import GatewayError
 from .health_stats import VersionHealth
 from .inputs import HealthReport
+from .releases import SignedParts
 from .watchers import DeviceAssignment, WatchClosed
 
 REFUSAL_CODES: dict[Refusal, grpc.StatusCode] = {

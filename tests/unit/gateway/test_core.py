@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.gateway.core import GatewaySettings, SignedParts
+from fedfleet.gateway.core import GatewaySettings
 from fedfleet.gateway.errors import GatewayError
 from fedfleet.gateway.inputs import HealthReport
+from fedfleet.gateway.releases import SignedParts
 from fedfleet.proto.refusals import Refusal
 from gateway_support import (
     FLEET,
