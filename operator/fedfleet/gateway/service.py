@@ -204,8 +204,11 @@ class FleetService:
             size, chunks = self._gateway.download(fleet, request.digest, request.offset)
         except GatewayError as err:
             await _abort(context, err.reason, err.message)
-        for offset, data in chunks:
-            yield pb.ArtifactChunk(offset=offset, data=data, total_size=size)
+        try:
+            for offset, data in chunks:
+                yield pb.ArtifactChunk(offset=offset, data=data, total_size=size)
+        except GatewayError as err:  # the artifact left the volume during the download
+            await _abort(context, err.reason, err.message)
 
     async def ReportModelHealth(self, request: pb.ModelHealthReport, context: Any) -> pb.ModelHealthAck:
         fleet, device = await self._device(context, "ReportModelHealth")
