@@ -96,11 +96,21 @@ class MeasurementStatus(StatusModel):
     message: str = Field("", max_length=1024, description="Why, for humans: an error, or too few devices.")
 
 
+class RunTally(StatusModel):
+    """The counters the run's phase is judged on (the status keeps only the latest measurements)."""
+
+    failed: int = Field(0, ge=0, description="Failed measurements.")
+    inconclusive: int = Field(0, ge=0, description="Inconclusive measurements.")
+    consecutive_errors: int = Field(0, ge=0, description="Errors since the last measurement that was not one.")
+    verdicts: int = Field(0, ge=0, description="Successful or Failed measurements, towards the metric's count.")
+
+
 class AnalysisRunStatus(StatusModel):
     metric: str = Field(..., max_length=DNS_LABEL_CHARS, pattern=DNS_LABEL_PATTERN, description="The metric.")
     run: int = Field(..., ge=0, description="The run's id: stepRun or backgroundRun when it was started.")
     step: int = Field(..., ge=BACKGROUND_STEP, description="The analysis step it gates; -1: background analysis.")
     phase: AnalysisRunPhase = Field(..., description="Running, Successful, Failed, Inconclusive or Error.")
+    tally: RunTally = Field(default_factory=RunTally, description="What the phase is judged on.")
     measurements: list[MeasurementStatus] = Field(
         default_factory=list, max_length=MAX_MEASUREMENTS, description="The latest measurements, oldest first."
     )
