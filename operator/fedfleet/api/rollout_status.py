@@ -116,6 +116,12 @@ class AnalysisRunStatus(StatusModel):
     )
 
 
+class DeviceCount(StatusModel):
+    version: str = Field("", max_length=DIGEST_CHARS, description="The version devices run (a digest, none or other).")
+    role: str = Field("", max_length=16, description="stable, canary, control or outside.")
+    count: int = Field(0, ge=0, description="Devices the gateway saw in its last check-in window.")
+
+
 class ModelRolloutStatus(StatusModel):
     # --- written by the controller ---------------------------------------------------------------------
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation the operator last reconciled.")
@@ -157,6 +163,11 @@ class ModelRolloutStatus(StatusModel):
     )
     analysis_runs: list[AnalysisRunStatus] = Field(
         default_factory=list, max_length=MAX_ANALYSIS_RUNS, description="The current analysis runs, per metric."
+    )
+    devices: list[DeviceCount] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Devices by version and role, as the fleet gateway counts them.",
     )
     conditions: list[Condition] = Field(
         default_factory=list,
