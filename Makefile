@@ -71,9 +71,13 @@ e2e: venv cluster-build
 	$(BIN)/pytest -q -m e2e tests/e2e
 
 # Generated files: each has a test that fails when the committed copy differs from a fresh generation.
+CRDS := federatedjob modelrollout
+
 crds: venv
-	$(PY) -m fedfleet.api.crd > crds/federatedjob.yaml.tmp && mv crds/federatedjob.yaml.tmp crds/federatedjob.yaml
-	cp crds/federatedjob.yaml charts/fedfleet/crds/federatedjob.yaml
+	for crd in $(CRDS); do \
+	  $(PY) -m fedfleet.api.crd $$crd > crds/$$crd.yaml.tmp && mv crds/$$crd.yaml.tmp crds/$$crd.yaml \
+	    && cp crds/$$crd.yaml charts/fedfleet/crds/$$crd.yaml || exit 1; \
+	done
 
 proto: venv
 	$(PY) -m fedfleet.proto.generate

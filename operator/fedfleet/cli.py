@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     agg.set_defaults(handler=_cmd_aggregator)
 
+    gateway = sub.add_parser("gateway", help="run the fleet gateway: devices learn, fetch and report their model")
+    gateway.add_argument("--config", type=Path, required=True, help="gateway YAML (see examples/gateway.yaml)")
+    gateway.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    gateway.set_defaults(handler=_cmd_gateway)
+
     sim = sub.add_parser("device-sim", help="run a job's simulated fleet against an aggregator over gRPC")
     sim.add_argument("--aggregator", required=True, metavar="HOST:PORT")
     sim.add_argument("--job", type=Path, required=True, help="the FederatedJob manifest the aggregator runs")
@@ -96,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = token_sub.add_parser("keygen", help="write a new random token key (hex, mode 0600)")
     keygen.add_argument("--out", type=Path, required=True)
     keygen.set_defaults(handler=_cmd_token_keygen)
-    issue = token_sub.add_parser("issue", help="print a signed token for one device of one job")
-    issue.add_argument("--key", type=Path, required=True, help="the job's token key")
-    issue.add_argument("--job", required=True, help="job name (namespace/name in a cluster)")
+    issue = token_sub.add_parser("issue", help="print a signed token for one device of one job or fleet")
+    issue.add_argument("--key", type=Path, required=True, help="the job's (or the fleet gateway's) token key")
+    audience = issue.add_mutually_exclusive_group(required=True)
+    audience.add_argument("--job", help="job name (namespace/name in a cluster)")
+    audience.add_argument("--fleet", help="fleet name: a token for the fleet gateway")
     issue.add_argument("--device", required=True, help="device id")
     issue.add_argument("--ttl", type=_positive, default=86400.0, help="seconds until it expires (default: 1 day)")
     issue.set_defaults(handler=_cmd_token_issue)
@@ -278,6 +285,23 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from fedfleet.gateway.config import ConfigError, load_gateway_config
+
+    try:
+        config = load_gateway_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _logging(args.log_level)
+    from fedfleet.gateway.app import serve
+    from fedfleet.gateway.fleet_state import FleetStateError
+
+    try:
+        return asyncio.run(serve(config))
+    except (FleetStateError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+
+
 def _cmd_device_sim(args: argparse.Namespace) -> int:
     from fedfleet.api.manifest import ManifestError, load_job
 
@@ -327,10 +351,11 @@ def _cmd_token_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_issue(args: argparse.Namespace) -> int:
-    from fedfleet.security.tokens import issue_token, read_key
+    from fedfleet.security.tokens import fleet_identity, issue_token, read_key
 
     try:
-        print(issue_token(read_key(args.key), args.job, args.device, args.ttl))
+        audience = args.job if args.fleet is None else fleet_identity(args.fleet)
+        print(issue_token(read_key(args.key), audience, args.device, args.ttl))
     except ValueError as exc:
         return _fail(str(exc))
     return EXIT_OK

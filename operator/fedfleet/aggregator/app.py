@@ -23,14 +23,14 @@ from fedfleet.engine.records import RoundRecord
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import RoundResult
 from fedfleet.proto import codec
+from fedfleet.proto.http_endpoints import HttpEndpoints
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.security import tokens
 from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
-from .endpoints import HttpEndpoints
 from .evaluation import ServerEvaluator
-from .guarded_handlers import MalformedCounter, MessageLimits, add_guarded_servicer, message_limits
+from .guarded_handlers import MalformedCounter, MessageLimits, add_guarded_servicer, malformed_counter, message_limits
 from .hub import DeviceHub, HubSettings
 from .inputs import JobInputs, load_inputs
 from .k8s_status import JSON, StatusReporter, outcome_status
@@ -92,7 +92,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail, not share it
         ]
     )
-    add_guarded_servicer(service, server, on_malformed or MalformedCounter(lambda method: None), limits)
+    add_guarded_servicer(service, server, on_malformed or malformed_counter(lambda method: None), limits)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)])
@@ -172,7 +172,7 @@ class AggregatorApp:
         service = AggregatorService(
             self.hub, TokenVerifier(self.security.token_key, self.identity), self.config.chunk_bytes
         )
-        on_malformed = MalformedCounter(lambda method: self.metrics.malformed.labels(method).inc())
+        on_malformed = malformed_counter(lambda method: self.metrics.malformed.labels(method).inc())
         limits = message_limits(self.hub.layout, self.job.spec.cohort.invited)
         server, self.grpc_port = create_grpc_server(
             service, self._health, self.security, self.config.listen.host, self.config.listen.port, limits, on_malformed

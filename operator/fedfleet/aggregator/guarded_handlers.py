@@ -1,59 +1,51 @@
-"""Registering the Aggregator servicer so that bytes which do not parse as the method's message, or are
-larger than the method needs, are a refusal — INVALID_ARGUMENT for a request, DATA_LOSS inside an upload
-stream — counted by method, logged at most once per interval, and never a traceback.
+"""Registering the Aggregator servicer through the shared guard (fedfleet.proto.guard): bytes which do not
+parse as the method's message, or are larger than the method needs, are a refusal — INVALID_ARGUMENT for a
+request, DATA_LOSS inside an upload stream — counted by method, logged at most once per interval, and never a
+traceback.
 
-Sizes are checked on the wire bytes before protobuf builds any object: a request is at most what its method
-needs (`MessageLimits`), and the header of an upload stream at most what the job's tensor layout needs, so
-a header padded with a million empty tensor specs is refused unparsed instead of costing 100 MB of objects.
-
-grpcio's generated `add_AggregatorServicer_to_server` deserializes with `Message.FromString`; when that
-raises, grpc logs a full ERROR traceback and answers UNKNOWN, for every such request, so a hostile client
-can flood the log. Here the deserializer returns a `Malformed` marker instead, and a thin wrapper per method
-turns it into a precise status before the servicer sees anything.
+What is the aggregator's own here: the limits, which follow the job (an upload header is at most what the
+job's tensor layout needs; a masked input's header lists at most one complaint per cohort member), and that a
+bad message inside an upload stream is a corrupt update.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from fedfleet.engine.round import UpdateRejected
 from fedfleet.engine.types import RejectReason
-from fedfleet.proto import codec
-from fedfleet.proto.refusals import ERROR_KEY, Refusal
+from fedfleet.proto import codec, guard
+from fedfleet.proto.guard import (
+    MAX_TOP_LEVEL_FIELDS,
+    Malformed,
+    MalformedCounter,
+    MessageLimits,
+    guarded_deserializer,
+    top_level_fields,
+)
 from fedfleet.proto.v1 import aggregator_pb2 as pb
+
+__all__ = [
+    "MAX_TOP_LEVEL_FIELDS",
+    "SMALL_REQUEST_BYTES",
+    "Malformed",
+    "MalformedCounter",
+    "MessageLimits",
+    "add_guarded_servicer",
+    "guarded_deserializer",
+    "malformed_counter",
+    "message_limits",
+    "top_level_fields",
+]
 
 log = logging.getLogger("fedfleet.aggregator")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Aggregator"]
-#: At most one log line about malformed messages per this many seconds.
-LOG_INTERVAL_SECONDS = 10.0
-
-
 #: Largest request of a method not named in MessageLimits.per_method: check-ins, polls, reports, keys.
 SMALL_REQUEST_BYTES = 64 << 10
-#: Top-level fields a stream's chunk may carry (it has three, one set); protobuf would merge any number of
-#: repeats, each costing a parse.
-MAX_TOP_LEVEL_FIELDS = 16
-#: The `header` field of UpdateChunk and MaskedInputChunk.
-HEADER_FIELD = 1
-
-
-@dataclass(frozen=True)
-class MessageLimits:
-    """Bytes a message of each method may have on the wire, and an upload stream's header."""
-
-    per_method: dict[str, int] = field(default_factory=dict)  # whole-message limits; others: SMALL_REQUEST_BYTES
-    headers: dict[str, int] = field(default_factory=dict)  # the header field of each streaming method
-
-    def for_method(self, method: str) -> int:
-        return self.per_method.get(method, SMALL_REQUEST_BYTES)
 
 
 def message_limits(layout: codec.Layout, max_cohort: int) -> MessageLimits:
@@ -65,182 +57,25 @@ def message_limits(layout: codec.Layout, max_cohort: int) -> MessageLimits:
     header = 2 * widest.ByteSize() + 4096
     streams = {"UploadUpdate": codec.MAX_MESSAGE_BYTES, "UploadMaskedInput": codec.MAX_MESSAGE_BYTES}
     return MessageLimits(
+        default=SMALL_REQUEST_BYTES,
         per_method={**streams, "ShareKeys": codec.MAX_MESSAGE_BYTES},
         # A masked input's header lists the neighbours it complains about: one slot number each at most.
         headers={"UploadUpdate": header, "UploadMaskedInput": SMALL_REQUEST_BYTES + 8 * max_cohort},
+        header_rule="this job's layout needs",
     )
 
 
-class Malformed:
-    """What a request that failed to parse becomes: the reason, for the refusal's message."""
-
-    def __init__(self, type_name: str, detail: str) -> None:
-        self.type_name = type_name
-        self.detail = detail
-
-    def describe(self) -> str:
-        return f"the message is not a valid {self.type_name}: {self.detail or 'it does not parse'}"
+def malformed_counter(count: Callable[[str], None]) -> MalformedCounter:
+    """A counter that logs on the aggregator's logger."""
+    return MalformedCounter(count, logger=log)
 
 
-class MalformedCounter:
-    """Counts malformed messages by method and logs one line per interval, whatever their rate."""
-
-    def __init__(self, count: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
-        self._count = count
-        self._clock = clock
-        self._logged_at = float("-inf")
-        self._unlogged = 0
-
-    def __call__(self, method: str, malformed: Malformed) -> None:
-        self._count(method)
-        self._unlogged += 1
-        now = self._clock()
-        if now - self._logged_at >= LOG_INTERVAL_SECONDS:
-            log.warning("%d malformed message(s) refused; latest: %s: %s", self._unlogged, method, malformed.describe())
-            self._logged_at, self._unlogged = now, 0
+def _corrupt_upload(index: int, malformed: Malformed) -> Exception:
+    # Inside a stream a bad message is a corrupt upload: refused and counted like one, DATA_LOSS.
+    return UpdateRejected(RejectReason.CORRUPT, f"message {index} of the stream: {malformed.describe()}")
 
 
 def add_guarded_servicer(
-    servicer: Any, server: grpc.aio.Server, on_malformed: MalformedCounter, limits: MessageLimits
+    servicer: object, server: grpc.aio.Server, on_malformed: MalformedCounter, limits: MessageLimits
 ) -> None:
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in SERVICE.methods:
-        request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
-        behaviour = getattr(servicer, method.name)
-        header_limit = limits.headers.get(method.name)
-        deserialize = guarded_deserializer(request_type, limits.for_method(method.name), header_limit)
-        serialize = response_type.SerializeToString
-        if not method.client_streaming and not method.server_streaming:
-            handler = grpc.unary_unary_rpc_method_handler(
-                _unary(method.name, behaviour, on_malformed), deserialize, serialize
-            )
-        elif not method.client_streaming:
-            handler = grpc.unary_stream_rpc_method_handler(
-                _unary_stream(method.name, behaviour, on_malformed), deserialize, serialize
-            )
-        elif not method.server_streaming:
-            handler = grpc.stream_unary_rpc_method_handler(
-                _stream_unary(method.name, behaviour, on_malformed), deserialize, serialize
-            )
-        else:
-            raise TypeError(f"{method.name}: bidirectional streams are not part of fedfleet.v1")
-        handlers[method.name] = handler
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-
-
-def guarded_deserializer(message_type: Any, max_bytes: int, header_limit: int | None) -> Callable[[bytes], Any]:
-    name = message_type.DESCRIPTOR.name
-
-    def deserialize(data: bytes) -> Any:
-        if len(data) > max_bytes:
-            return Malformed(name, f"{len(data)} bytes, more than the {max_bytes} this method takes")
-        if header_limit is not None:
-            # A stream's chunk is one of header, data or trailer: read its fields' sizes before parsing any.
-            try:
-                fields = top_level_fields(data)
-            except ValueError as exc:
-                return Malformed(name, str(exc))
-            for number, length in fields:
-                if number == HEADER_FIELD and length > header_limit:
-                    return Malformed(
-                        name, f"a header of {length} bytes; this job's layout needs at most {header_limit}"
-                    )
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return Malformed(name, str(exc))
-
-    return deserialize
-
-
-def top_level_fields(data: bytes) -> list[tuple[int, int]]:
-    """(field number, bytes) of each top-level field, read from the wire format without parsing values.
-    Raises ValueError for bytes that are not a protobuf message or carry too many fields."""
-    fields: list[tuple[int, int]] = []
-    at, end = 0, len(data)
-    while at < end:
-        if len(fields) >= MAX_TOP_LEVEL_FIELDS:
-            raise ValueError(f"more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
-        tag, at = _varint(data, at)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        if wire_type == 0:
-            _, at = _varint(data, at)
-            length = 0
-        elif wire_type == 1:
-            length, at = 8, at + 8
-        elif wire_type == 2:
-            length, at = _varint(data, at)
-            at += length
-        elif wire_type == 5:
-            length, at = 4, at + 4
-        else:
-            raise ValueError(f"wire type {wire_type} is not used by fedfleet.v1")
-        if at > end:
-            raise ValueError("truncated field")
-        fields.append((number, length))
-    return fields
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            return value, at
-        shift += 7
-
-
-async def _refuse(context: Any, method: str, malformed: Malformed, on_malformed: MalformedCounter) -> None:
-    on_malformed(method, malformed)
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"{method}: {malformed.describe()}",
-        trailing_metadata=((ERROR_KEY, Refusal.MALFORMED_MESSAGE.value),),
-    )
-
-
-def _unary(method: str, behaviour: Any, on_malformed: MalformedCounter) -> Callable[..., Any]:
-    async def handle(request: Any, context: Any) -> Any:
-        if isinstance(request, Malformed):
-            await _refuse(context, method, request, on_malformed)
-        return await behaviour(request, context)
-
-    return handle
-
-
-def _unary_stream(method: str, behaviour: Any, on_malformed: MalformedCounter) -> Callable[..., Any]:
-    async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
-        if isinstance(request, Malformed):
-            await _refuse(context, method, request, on_malformed)
-        async for response in behaviour(request, context):
-            yield response
-
-    return handle
-
-
-def _stream_unary(method: str, behaviour: Any, on_malformed: MalformedCounter) -> Callable[..., Any]:
-    async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for index, request in _numbered(requests):
-            if isinstance(request, Malformed):
-                on_malformed(method, request)
-                # Inside a stream a bad message is a corrupt upload: refused and counted like one, DATA_LOSS.
-                raise UpdateRejected(RejectReason.CORRUPT, f"message {index} of the stream: {request.describe()}")
-            yield request
-
-    async def handle(requests: AsyncIterator[Any], context: Any) -> Any:
-        return await behaviour(checked(requests), context)
-
-    return handle
-
-
-async def _numbered(requests: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
-    index = 0
-    async for request in requests:
-        yield index, request
-        index += 1
+    guard.add_guarded_servicer(servicer, server, SERVICE.name, pb, on_malformed, limits, _corrupt_upload)

@@ -1,7 +1,8 @@
-"""The FederatedJob resource as typed models: its spec and status (pydantic), its cross-field rules written
-once for both the models and the CRD's CEL (rules), reading a manifest as the API server does (strict_yaml,
-manifest) with one-line errors that name the field and the rule, and the CRD generated from the spec. Also
-the typed contracts of process boundaries: the aggregator's configuration and the pod environment.
+"""The FederatedJob and ModelRollout resources as typed models: their specs and statuses (pydantic), their
+cross-field rules written once for both the models and the CRDs' CEL (rules, rollout_rules), reading a manifest
+as the API server does (strict_yaml, manifest) with one-line errors that name the field and the rule, and the
+CRDs generated from the models (crd). Also the typed contracts of process boundaries: the aggregator's
+configuration and the pod environment.
 
 Floor: the bottom one, with models/, persist/ and data/; every floor above reads
 the spec. pydantic and PyYAML only.

@@ -17,7 +17,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     # Only for the predicates' annotations: the models import this table at run time to check it.
@@ -36,12 +36,16 @@ KRUM_STRATEGIES: tuple[str, ...] = ("krum", "multiKrum")
 _PLACEHOLDER = re.compile(r" \(\{(\w+)\}\)")
 
 
-def _no_values(spec: FederatedJobSpec) -> Mapping[str, object]:
+#: The spec a rule reads: FederatedJobSpec here, ModelRolloutSpec in rollout_rules.py.
+SpecT = TypeVar("SpecT")
+
+
+def _no_values(spec: object) -> Mapping[str, object]:
     return {}
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(Generic[SpecT]):
     """One cross-field rule. `holds` and `cel` say the same thing: true when the spec keeps the rule.
 
     `holds` reads the models (snake_case, defaults applied); `cel` reads the stored object (camelCase,
@@ -52,10 +56,10 @@ class Rule:
     field: str  # path below `spec` the rule is reported for: SpecError.field and the CEL fieldPath
     message: str  # what to fix, naming the other fields; ` ({name})` placeholders take `values`
     cel: str
-    holds: Callable[[FederatedJobSpec], bool]
-    values: Callable[[FederatedJobSpec], Mapping[str, object]] = _no_values
+    holds: Callable[[SpecT], bool]
+    values: Callable[[SpecT], Mapping[str, object]] = _no_values
 
-    def explain(self, spec: FederatedJobSpec) -> str:
+    def explain(self, spec: SpecT) -> str:
         """The message with the spec's values: what the models report."""
         return self.message.format_map(self.values(spec))
 
@@ -94,7 +98,7 @@ def _krum_needs(spec: FederatedJobSpec) -> int:
 
 #: In the order they are checked: the models report the first rule a spec breaks (the API server reports
 #: every one). Ports and sizes first, then Byzantine robustness, then privacy.
-CROSS_FIELD_RULES: tuple[Rule, ...] = (
+CROSS_FIELD_RULES: tuple[Rule[FederatedJobSpec], ...] = (
     Rule(
         name="ports-differ",
         field="aggregator.httpPort",

@@ -46,6 +46,10 @@ class OperatorConfig:
     kubeconfig: Path | None = None
     #: The Prometheus HTTP API (base URL) that rollout analysis queries when a ModelRollout names none.
     prometheus_address: str | None = None
+    #: Where the fleet gateway runs: each fleet's view (ConfigMap) and signing key (Secret) live there.
+    fleet_namespace: str = "fedfleet-system"
+    #: Seconds between reconciliations of each ModelRollout (analysis intervals are measured on this tick).
+    rollout_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -75,6 +79,8 @@ class OperatorConfig:
             namespaces=tuple(n.strip() for n in namespaces),
             kubeconfig=Path(get("KUBECONFIG", "")) if get("KUBECONFIG", "") else None,
             prometheus_address=prometheus_address(address, f"{ENV_PREFIX}PROMETHEUS_ADDRESS") if address else None,
+            fleet_namespace=get("FLEET_NAMESPACE", base.fleet_namespace),
+            rollout_seconds=_positive(get("ROLLOUT_SECONDS", str(base.rollout_seconds)), "ROLLOUT_SECONDS"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -91,6 +97,8 @@ class OperatorConfig:
             "NAMESPACES": ",".join(self.namespaces),
             "KUBECONFIG": str(self.kubeconfig) if self.kubeconfig else "",
             "PROMETHEUS_ADDRESS": self.prometheus_address or "",
+            "FLEET_NAMESPACE": self.fleet_namespace,
+            "ROLLOUT_SECONDS": str(self.rollout_seconds),
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}
 

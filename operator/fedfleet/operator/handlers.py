@@ -233,3 +233,7 @@ class _outcome:
             raise kopf.TemporaryError(f"job {self.where}: {exc}", delay=RETRY_DELAY * 6) from exc
         metrics.outcome("error")
         return False
+
+
+# ModelRollout handlers register with kopf when imported; `kopf run -m fedfleet.operator.handlers` loads them too.
+from fedfleet.operator import rollout_handlers as rollout_handlers  # noqa: E402

@@ -219,3 +219,71 @@ class JobApi:
 
 def _owned_by(obj: JSON, job: JobRef) -> bool:
     return any(ref.get("uid") == job.uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
+ROLLOUT_PLURAL = "modelrollouts"
+
+
+def rollout_path(namespace: str, name: str, subresource: str = "") -> str:
+    path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{ROLLOUT_PLURAL}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class RolloutApi:
+    """The calls of the ModelRollout controller: the rollout and its status, the FederatedJob it ships, and
+    the fleet's ConfigMap and signing-key Secret in the gateway's namespace."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def get_rollout(self, namespace: str, name: str) -> JSON | None:
+        return await self.client.get(rollout_path(namespace, name))
+
+    async def patch_status(self, namespace: str, name: str, status: JSON) -> JSON:
+        return await self.client.merge_patch(rollout_path(namespace, name, "status"), {"status": status})
+
+    async def get_job(self, namespace: str, name: str) -> JSON | None:
+        return await self.client.get(job_path(namespace, name))
+
+    async def get_configmap(self, namespace: str, name: str) -> JSON | None:
+        return await self.client.get(object_path("ConfigMap", namespace, name))
+
+    async def put_configmap(self, namespace: str, body: JSON) -> None:
+        """Create, or replace at the resourceVersion in `body` (ApiError 409 when someone wrote it since)."""
+        name = body["metadata"]["name"]
+        if body["metadata"].get("resourceVersion") is None:
+            await self.client.request("POST", object_path("ConfigMap", namespace), body)
+        else:
+            await self.client.request("PUT", object_path("ConfigMap", namespace, name), body)
+
+    async def get_secret(self, namespace: str, name: str) -> JSON | None:
+        return await self.client.get(object_path("Secret", namespace, name))
+
+    async def create_secret(self, namespace: str, body: JSON) -> bool:
+        return await self.client.create(object_path("Secret", namespace), body)
+
+    async def post_event(self, rollout: JSON, type_: str, reason: str, message: str) -> None:
+        meta = rollout["metadata"]
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": "ModelRollout",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self.client.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-mode", choices=("pod", "service"), default=defaults.endpoint_mode)
     p.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds)
     p.add_argument("--prometheus-address", help="Prometheus HTTP API base URL for rollout analysis (default: none)")
+    p.add_argument("--fleet-namespace", default=defaults.fleet_namespace,
+                   help="namespace of the fleet gateway: fleets' views and signing keys live there")  # fmt: skip
+    p.add_argument("--rollout-seconds", type=float, default=defaults.rollout_seconds,
+                   help="seconds between reconciliations of each ModelRollout")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -45,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resync_seconds <= 0:
-        parser.error("--resync-seconds must be greater than 0")
+    for flag, value in (("--resync-seconds", args.resync_seconds), ("--rollout-seconds", args.rollout_seconds)):
+        if not value > 0:
+            parser.error(f"{flag} must be greater than 0")
     for port in (args.metrics_port, args.health_port):
         if not 0 <= port <= 65535:
             parser.error(f"port {port} is outside 0..65535")
@@ -67,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=tuple(args.namespace),
         kubeconfig=args.kubeconfig,
         prometheus_address=prometheus,
+        fleet_namespace=args.fleet_namespace,
+        rollout_seconds=args.rollout_seconds,
     )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

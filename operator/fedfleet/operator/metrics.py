@@ -19,6 +19,7 @@ OUTCOMES = ("success", "requeue", "error")
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry  # the rollout controller's metrics join the same registry
         self.reconciliations = Counter(
             "fedfleet_operator_reconciliations",
             "FederatedJob reconciliations by outcome (success, requeue: try again soon, error)",

@@ -21,6 +21,8 @@ import aiohttp
 QUERY_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 #: A scalar answer is a few hundred bytes; a query that matches thousands of series is a mistake in the spec.
 MAX_RESPONSE_BYTES = 1 << 20
+#: Series a breakdown query (devices by version and role) may return.
+MAX_SERIES = 256
 
 
 class QueryProblem(StrEnum):
@@ -43,6 +45,17 @@ class PrometheusClient:
 
     async def query(self, promql: str, session: aiohttp.ClientSession | None = None) -> float | None:
         """The query's single value now, or None when it matches no series (no data)."""
+        status, body = await self._post(promql, session)
+        return parse_answer(status, body)
+
+    async def query_series(
+        self, promql: str, session: aiohttp.ClientSession | None = None
+    ) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant vector with its value (e.g. devices by version), at most MAX_SERIES."""
+        status, body = await self._post(promql, session)
+        return parse_series(status, body)
+
+    async def _post(self, promql: str, session: aiohttp.ClientSession | None) -> tuple[int, bytes]:
         url = self.address.rstrip("/") + "/api/v1/query"
         owned = session is None
         http = session or aiohttp.ClientSession(timeout=QUERY_TIMEOUT)
@@ -57,7 +70,7 @@ class PrometheusClient:
                 await http.close()
         if len(body) > MAX_RESPONSE_BYTES:
             raise PrometheusError(QueryProblem.NOT_A_SCALAR, f"answer larger than {MAX_RESPONSE_BYTES} bytes")
-        return parse_answer(status, body)
+        return status, body
 
 
 async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -73,8 +86,30 @@ async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_answer(status: int, body: bytes) -> float | None:
-    """One value from a /api/v1/query answer (see the HTTP API docs: status, data.resultType, data.result)."""
+def parse_series(status: int, body: bytes) -> list[tuple[dict[str, str], float]]:
+    """The series of an instant-vector answer; NaN samples are left out (no data)."""
+    result = _vector(status, body)
+    if len(result) > MAX_SERIES:
+        raise PrometheusError(QueryProblem.NOT_A_SCALAR, f"{len(result)} series, more than {MAX_SERIES}")
+    series = []
+    for entry in result:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metric"), dict):
+            raise PrometheusError(QueryProblem.MALFORMED, "a series is not an object with labels")
+        value = _sample_value(entry.get("value"))
+        if value is not None:
+            series.append(({str(k): str(v) for k, v in entry["metric"].items()}, value))
+    return series
+
+
+def _vector(status: int, body: bytes) -> list[Any]:
+    data = _data(status, body)
+    if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        raise PrometheusError(QueryProblem.NOT_A_SCALAR, f"result type {data.get('resultType')!r}, not a vector")
+    result: list[Any] = data["result"]
+    return result
+
+
+def _data(status: int, body: bytes) -> dict[str, Any]:
     try:
         answer: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -89,6 +124,12 @@ def parse_answer(status: int, body: bytes) -> float | None:
     data = answer.get("data")
     if not isinstance(data, dict):
         raise PrometheusError(QueryProblem.MALFORMED, "no data object")
+    return data
+
+
+def parse_answer(status: int, body: bytes) -> float | None:
+    """One value from a /api/v1/query answer (see the HTTP API docs: status, data.resultType, data.result)."""
+    data = _data(status, body)
     result_type, result = data.get("resultType"), data.get("result")
     if result_type == "scalar":
         return _sample_value(result)

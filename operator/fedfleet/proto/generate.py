@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # operator/
-PROTOS: tuple[str, ...] = ("fedfleet/proto/v1/aggregator.proto",)
+PROTOS: tuple[str, ...] = ("fedfleet/proto/v1/aggregator.proto", "fedfleet/proto/v1/gateway.proto")
 SUFFIXES: tuple[str, ...] = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 

@@ -1,4 +1,5 @@
-"""Why the aggregator refused a call: the machine-readable reasons it sends and the device SDK branches on.
+"""Why a fedfleet server refused a call: the machine-readable reasons the aggregator and the fleet gateway send
+and the device SDK branches on.
 
 Every refusal from the aggregator's servicer (fedfleet.aggregator.service) carries a gRPC status code, a
 one-line message for humans and, in the trailing metadata `fedfleet-error` (ERROR_KEY), one of these reasons.
@@ -52,6 +53,22 @@ class Refusal(StrEnum):
     SECAGG_EXCLUDED = "secagg_excluded"  # this device is no longer part of the round's protocol
     SECAGG_STAGE_CLOSED = "secagg_stage_closed"  # the stage the message belongs to is over
     SECAGG_ABORTED = "secagg_aborted"  # the round's protocol failed (too few devices left)
+    # --- the fleet gateway (fedfleet.v1.Fleet, FleetAdmin); token refusals above apply to it too ------------
+    TOKEN_WRONG_FLEET = "token_wrong_fleet"  # a token for a fleet this gateway does not serve, or a job's
+    ADMIN_TOKEN_INVALID = "admin_token_invalid"  # FleetAdmin: not the admin secret
+    NO_FLEET_VIEW = "no_fleet_view"  # nothing is published for the fleet yet: keep running what you run
+    BAD_ATTRIBUTES = "bad_attributes"  # too many device attributes, or a key or value too long
+    NOT_ASSIGNED = "not_assigned"  # a health report for a version the device is not assigned
+    BAD_HEALTH_REPORT = "bad_health_report"  # accuracy outside [0, 1], negative or NaN loss or latency, ...
+    REPORT_TOO_FREQUENT = "report_too_frequent"  # another report on the same version came in too recently
+    UNKNOWN_ARTIFACT = "unknown_artifact"  # no such artifact for this fleet
+    OFFSET_OUT_OF_RANGE = "offset_out_of_range"  # a download offset beyond the artifact's size
+    TOO_MANY_WATCHES = "too_many_watches"  # too many open WatchAssignment streams (this device's, or in total)
+    UNKNOWN_FLEET = "unknown_fleet"  # FleetAdmin: a fleet this gateway does not serve
+    BAD_FLEET_VIEW = "bad_fleet_view"  # FleetAdmin: a view or release that breaks a rule
+    STALE_FLEET_VIEW = "stale_fleet_view"  # FleetAdmin: a generation older than the one held
+    ARTIFACT_MISSING = "artifact_missing"  # FleetAdmin: a view names an artifact the gateway does not have
+    PUBLISH_REJECTED = "publish_rejected"  # FleetAdmin: an upload whose size or digest is not what it announced
 
 
 #: Refusals that end a device's part in a round without anything being wrong with the device.

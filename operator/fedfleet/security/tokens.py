@@ -1,5 +1,9 @@
 """Per-job device tokens: who a device is, for which job, until when — signed with the job's secret key.
 
+The fleet gateway takes the same tokens with a fleet in place of the job: `fleet_identity(name)` is the
+audience, a name no job can have (job names are DNS names, which have no colon), so a job's token never
+opens a fleet and a fleet's token never opens a job.
+
 A token is `v1.<claims>.<mac>`: base64url (unpadded) of compact JSON claims `{"job", "dev", "exp", "iat"}`
 and of HMAC-SHA256(key, "v1." + claims). HMAC and not a public-key signature because only the aggregator
 (which holds the job's key, from the job's Secret) ever verifies a token. Verification runs in constant time
@@ -17,6 +21,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -95,11 +100,14 @@ def issue_token(key: bytes, job: str, device_id: str, ttl_seconds: float, now: f
 
 
 class TokenVerifier:
-    """Checks tokens of one job against its key."""
+    """Checks tokens of one job against its key; `also` names further audiences the same key serves (a fleet
+    gateway serves several fleets with one key)."""
 
-    def __init__(self, key: bytes, job: str) -> None:
+    def __init__(self, key: bytes, job: str, also: Collection[str] = ()) -> None:
         self._key = key
         self.job = job
+        self._audiences = frozenset((job, *also))
+        self._expected = repr(job) if not also else "one of " + ", ".join(repr(a) for a in sorted(self._audiences))
 
     def verify(self, token: str | None, now: float | None = None) -> DeviceClaims:
         if not token:
@@ -117,17 +125,20 @@ class TokenVerifier:
             raise TokenError(TokenProblem.MALFORMED, "device token is not canonical unpadded base64url") from None
         claims = _decode_claims(body)
         if not hmac.compare_digest(given, _mac(self._key, body)):
-            if claims is not None and claims.job != self.job:
-                raise TokenError(TokenProblem.WRONG_JOB, f"device token is for job {claims.job!r}, not {self.job!r}")
+            if claims is not None and claims.job not in self._audiences:
+                raise TokenError(TokenProblem.WRONG_JOB, self._wrong_audience(claims.job))
             raise TokenError(TokenProblem.BAD_SIGNATURE, "device token signature is invalid for this job")
         if claims is None:
             raise TokenError(TokenProblem.MALFORMED, "device token claims are unreadable")
-        if claims.job != self.job:
-            raise TokenError(TokenProblem.WRONG_JOB, f"device token is for job {claims.job!r}, not {self.job!r}")
+        if claims.job not in self._audiences:
+            raise TokenError(TokenProblem.WRONG_JOB, self._wrong_audience(claims.job))
         current = time.time() if now is None else now
         if current >= claims.expires_at:
             raise TokenError(TokenProblem.EXPIRED, f"device token expired {int(current - claims.expires_at)}s ago")
         return claims
+
+    def _wrong_audience(self, claimed: str) -> str:
+        return f"device token is for {claimed!r}, not {self._expected}"
 
 
 def _decode_claims(body: str) -> DeviceClaims | None:
@@ -180,3 +191,19 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 def job_identity(name: str, namespace: str | None = None) -> str:
     """The job name tokens are issued for: `namespace/name` in a cluster, `name` locally."""
     return f"{namespace}/{name}" if namespace else name
+
+
+#: What a fleet's audience starts with; `fleet_of` reads it back.
+FLEET_PREFIX = "fleet:"
+
+
+def fleet_identity(name: str) -> str:
+    """The audience of a fleet's device tokens (`fedfleet token issue --fleet NAME`)."""
+    if not name:
+        raise ValueError("fleet name must not be empty")
+    return f"{FLEET_PREFIX}{name}"
+
+
+def fleet_of(audience: str) -> str | None:
+    """The fleet a verified token's audience names, or None for a job's token."""
+    return audience.removeprefix(FLEET_PREFIX) if audience.startswith(FLEET_PREFIX) else None

@@ -34,7 +34,7 @@ def test_a_secure_round_with_hundreds_of_neighbours_still_parses() -> None:
 def test_an_upload_header_is_bounded_by_the_layout_and_data_chunks_by_the_message_size() -> None:
     limits = message_limits(LAYOUT, max_cohort=10)
     deserialize = guarded_deserializer(
-        pb.UpdateChunk, limits.for_method("UploadUpdate"), limits.headers["UploadUpdate"]
+        pb.UpdateChunk, limits.for_method("UploadUpdate"), limits.headers["UploadUpdate"], limits.header_rule
     )
     header = pb.UpdateChunk(header=pb.UpdateHeader(round=1, dtype="float32", layout=codec.layout_to_proto(LAYOUT)))
     assert deserialize(header.SerializeToString()) == header

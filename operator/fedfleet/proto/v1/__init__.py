@@ -1,4 +1,5 @@
-"""fedfleet.v1: the device ↔ aggregator protocol. `aggregator_pb2*` are generated: run `make proto`.
+"""fedfleet.v1: the device ↔ aggregator protocol (`aggregator.proto`) and the device ↔ fleet gateway protocol
+(`gateway.proto`). The `*_pb2*` modules are generated: run `make proto`.
 
 On proto/'s floor.
 """

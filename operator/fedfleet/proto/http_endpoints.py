@@ -1,4 +1,6 @@
-"""The aggregator's HTTP port: `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
+"""The HTTP port of a fedfleet server (the aggregator, the fleet gateway): `/metrics` (Prometheus text format),
+`/healthz` and `/readyz`. On the proto floor, beside the gRPC guard, because both servers use it and they may
+not import each other.
 
 A few lines of asyncio rather than a web framework: three GET routes, no bodies, connection closed after
 each answer. Requests are bounded in size and time so a slow or garbage client cannot hold the loop.
