@@ -171,7 +171,7 @@ class FleetHarness:
         selector: dict[str, Any] | None = None,
     ) -> int:
         """Publish the fleet's view with one rollout (or none when there is no candidate and no rollout)."""
-        from fedfleet.gateway.core import SignedParts
+        from fedfleet.gateway.releases import SignedParts
 
         self.generation += 1
         rollouts = []

@@ -194,8 +194,16 @@ class ModelUpdater:
         backoff: Backoff | None = None,
         loader: ModelLoader = build_module,
         reports_health: bool = True,
+        report_every_seconds: float | None = None,
         name: str = "device",
     ) -> None:
+        if report_every_seconds is not None and not (
+            math.isfinite(report_every_seconds) and report_every_seconds >= MIN_CHECK_IN_SECONDS
+        ):
+            raise ValueError(
+                f"report_every_seconds must be None or a finite number >= {MIN_CHECK_IN_SECONDS:g}, "
+                f"got {report_every_seconds}"
+            )
         self.link = link  # a simulated device gets a new one each time it comes back online
         self.attributes = dict(attributes)
         self.trusted = trusted
@@ -205,13 +213,16 @@ class ModelUpdater:
         self.backoff = backoff or Backoff()
         self.loader = loader
         self.reports_health = reports_health  # False: a simulated device that never reports (for tests)
+        # Besides once per generation: again at the first check-in of every period this long (None: never), so
+        # an analysis over a trailing window keeps seeing devices whose assignment stays the same.
+        self.report_every_seconds = report_every_seconds
         self.name = name  # for logs
         self.stats = UpdaterStats()
         self._running: RunningModel | None = None
         self._previous: RunningModel | None = None
         self._partial: PartialDownload | None = None
         self._refused: dict[tuple[str, bytes], ActivationFailure] = {}  # (version, signature) -> why, oldest first
-        self._reported: tuple[str, str, int, int] | None = None  # (version, rollout, revision, generation)
+        self._reported: tuple[str, str, int, int, int] | None = None  # _report_key of the last report
         self._pending: list[HealthReport] = []
         self._assigned: ModelOffer | None = None
         self._inbox: asyncio.Queue[ModelOffer | None] | None = None  # assignments heard while following
@@ -465,16 +476,17 @@ class ModelUpdater:
         await self._report_failure(offer, failure)
 
     async def _report_failure(self, offer: ModelOffer, failure: ActivationFailure) -> None:
-        key = _report_key(offer)
+        key = self._report_key(offer)
         if self._reported == key:
             return
         self._reported = key
         await self._send(HealthReport(offer.version, failure=failure))
 
     async def _report_measured(self, offer: ModelOffer) -> None:
-        """Evaluate the running model and report it, once per (version, rollout, revision, generation)."""
+        """Evaluate the running model and report it, once per key (version, rollout, revision, generation and,
+        with report_every_seconds, period)."""
         running = self._running
-        key = _report_key(offer)
+        key = self._report_key(offer)
         if running is None or running.version != offer.version or self._reported == key:
             return
         try:
@@ -492,6 +504,12 @@ class ModelUpdater:
             return  # switched while evaluating: this measures a model the device no longer runs
         self._reported = key
         await self._send(HealthReport(running.version, measurement=measurement))
+
+    def _report_key(self, offer: ModelOffer) -> tuple[str, str, int, int, int]:
+        """What a report is about: a device reports once per key. The period counts only with report_every."""
+        every = self.report_every_seconds
+        period = int(self.clock.now() // every) if every is not None else 0
+        return offer.version, offer.rollout, offer.revision, offer.generation, period
 
     async def _send(self, report: HealthReport) -> None:
         if not self.reports_health:
@@ -546,10 +564,6 @@ def _refusal_key(offer: ModelOffer) -> tuple[str, bytes]:
     """A refusal holds for this version under this signature: a release signed again (a rotated key, say) is
     a new chance."""
     return offer.version, offer.release.signature if offer.release is not None else b""
-
-
-def _report_key(offer: ModelOffer) -> tuple[str, str, int, int]:
-    return offer.version, offer.rollout, offer.revision, offer.generation
 
 
 def _same_version(a: ModelOffer, b: ModelOffer) -> bool:

@@ -88,6 +88,7 @@ class RolloutFleet:
         backoff: Backoff | None = None,
         shared: SharedModels | None = None,
         max_concurrent_downloads: int = DEFAULT_CONCURRENT_DOWNLOADS,
+        report_every_seconds: float | None = None,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ValueError(f"max_concurrent_downloads must be at least 1, got {max_concurrent_downloads}")
@@ -115,6 +116,7 @@ class RolloutFleet:
                 backoff=backoff or _device_backoff(spec.seed, device.ordinal),
                 loader=self.shared.load,
                 reports_health=not device.silent,
+                report_every_seconds=report_every_seconds,
                 name=device.device_id,
             )
         self.errors: dict[str, str] = {}

@@ -456,6 +456,26 @@ async def test_health_is_reported_once_per_generation_and_a_throttled_report_is_
     assert updater.stats.downloads == 1
 
 
+@run_async
+async def test_with_a_report_period_the_device_reports_again_at_the_first_check_in_of_each_period(
+    key: SigningKey, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    data = artifact_bytes(seed=1)
+    offer = offer_for(data, key, role="stable")
+    link = FakeLink({offer.version: data})
+    clock = ManualClock()
+    updater = updater_for(link, key, held_out, clock=clock, report_every_seconds=30.0)
+    await updater.apply(offer)
+    await clock.advance(29.0)
+    await updater.apply(offer)  # a check-in within the same period: nothing new
+    assert len(link.reports) == 1
+    await clock.advance(1.0)
+    await updater.apply(offer)  # the first check-in of the next period
+    assert [r.version for r in link.reports] == [offer.version, offer.version]
+    with pytest.raises(ValueError, match="report_every_seconds must be None or a finite number >= 1"):
+        updater_for(link, key, held_out, report_every_seconds=0.5)
+
+
 # ---- over the in-process link into a real fleet gateway -------------------------------------------------
 
 
