@@ -99,7 +99,9 @@ def rollout_view(
     """The rollout's entry in the fleet's view, or None when it holds no device (see the module docstring)."""
     if state.phase not in STEPPING or state.candidate is None or state.salt is None:
         return None
-    selector = DeviceSelector.from_dict(spec.selector.model_dump(by_alias=True, exclude_none=True), "spec.selector")
+    selector = DeviceSelector.from_dict(
+        spec.selector.model_dump(mode="json", by_alias=True, exclude_none=True), "spec.selector"
+    )
     return RolloutView(
         name=view_entry_name(namespace, name),
         salt=state.salt,
