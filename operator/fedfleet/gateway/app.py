@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from fedfleet.gateway.artifact_info import ROUTE, artifact_info
 from fedfleet.persist.artifact_store import ArtifactStore
 from fedfleet.proto import guard
 from fedfleet.proto.http_endpoints import HttpEndpoints
@@ -113,7 +114,11 @@ class GatewayApp:
         self.gateway = Gateway(states, store, self.metrics, config.settings(), config.state_dir / "incoming", clock)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._http = HttpEndpoints(self.registry, ready=lambda: self._server is not None)
+        self._http = HttpEndpoints(
+            self.registry,
+            ready=lambda: self._server is not None,
+            prefix_routes={ROUTE: lambda digest: artifact_info(store, digest)},
+        )
         self.grpc_port = 0
         self.http_port: int | None = None
 

@@ -48,6 +48,8 @@ class OperatorConfig:
     prometheus_address: str | None = None
     #: Where the fleet gateway runs: each fleet's view (ConfigMap) and signing key (Secret) live there.
     fleet_namespace: str = "fedfleet-system"
+    #: The fleet gateway's HTTP port (base URL), asked about artifacts a ModelRollout names by digest.
+    gateway_http_address: str | None = None
     #: Seconds between reconciliations of each ModelRollout (analysis intervals are measured on this tick).
     rollout_seconds: float = 2.0
 
@@ -80,6 +82,7 @@ class OperatorConfig:
             kubeconfig=Path(get("KUBECONFIG", "")) if get("KUBECONFIG", "") else None,
             prometheus_address=prometheus_address(address, f"{ENV_PREFIX}PROMETHEUS_ADDRESS") if address else None,
             fleet_namespace=get("FLEET_NAMESPACE", base.fleet_namespace),
+            gateway_http_address=get("GATEWAY_HTTP_ADDRESS", "") or None,
             rollout_seconds=_positive(get("ROLLOUT_SECONDS", str(base.rollout_seconds)), "ROLLOUT_SECONDS"),
         )
 
@@ -98,6 +101,7 @@ class OperatorConfig:
             "KUBECONFIG": str(self.kubeconfig) if self.kubeconfig else "",
             "PROMETHEUS_ADDRESS": self.prometheus_address or "",
             "FLEET_NAMESPACE": self.fleet_namespace,
+            "GATEWAY_HTTP_ADDRESS": self.gateway_http_address or "",
             "ROLLOUT_SECONDS": str(self.rollout_seconds),
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prometheus-address", help="Prometheus HTTP API base URL for rollout analysis (default: none)")
     p.add_argument("--fleet-namespace", default=defaults.fleet_namespace,
                    help="namespace of the fleet gateway: fleets' views and signing keys live there")  # fmt: skip
+    p.add_argument("--gateway-http-address", default=None,
+                   help="the fleet gateway's HTTP base URL (artifacts a ModelRollout names by digest)")  # fmt: skip
     p.add_argument("--rollout-seconds", type=float, default=defaults.rollout_seconds,
                    help="seconds between reconciliations of each ModelRollout")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig=args.kubeconfig,
         prometheus_address=prometheus,
         fleet_namespace=args.fleet_namespace,
+        gateway_http_address=args.gateway_http_address,
         rollout_seconds=args.rollout_seconds,
     )
     logging.basicConfig(

@@ -17,6 +17,7 @@ import aiohttp
 import kopf
 
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION
+from fedfleet.operator.gateway_http import GatewayArtifacts
 from fedfleet.operator.k8s import ROLLOUT_PLURAL, ApiError, RolloutApi
 from fedfleet.operator.rollout_controller import RolloutController, RolloutSettings
 from fedfleet.operator.rollout_metrics import RolloutMetrics
@@ -33,7 +34,10 @@ def build_controller(memo: kopf.Memo) -> RolloutController:
 
     state = _state(memo)
     settings = RolloutSettings(state.config.fleet_namespace, state.config.prometheus_address)
-    return RolloutController(RolloutApi(state.api.client), settings, RolloutMetrics(state.metrics.registry))
+    address = state.config.gateway_http_address
+    lookup = GatewayArtifacts(address) if address else None
+    metrics = RolloutMetrics(state.metrics.registry)
+    return RolloutController(RolloutApi(state.api.client), settings, metrics, artifact_lookup=lookup)
 
 
 def _controller(memo: kopf.Memo) -> RolloutController:

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+#: A read-only route below a prefix: the rest of the path in, (status, content type, body) out.
+PrefixRoute = Callable[[str], tuple[int, str, bytes]]
 
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_SECONDS = 5.0
 
 
 class HttpEndpoints:
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        prefix_routes: Mapping[str, PrefixRoute] | None = None,
+    ) -> None:
         self._registry = registry
         self._ready = ready
+        self._prefix_routes = dict(prefix_routes or {})
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -49,6 +58,9 @@ class HttpEndpoints:
             if self._ready():
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", b"not ready\n"
+        for prefix, handler in self._prefix_routes.items():
+            if route.startswith(prefix):
+                return handler(route[len(prefix) :])
         return 404, "text/plain", b"not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
