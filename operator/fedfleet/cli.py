@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sim.set_defaults(handler=_cmd_device_sim)
 
+    fleet_sim = sub.add_parser(
+        "fleet-sim", help="simulated devices that follow their rollouts through a fleet gateway over gRPC"
+    )
+    fleet_sim.add_argument("--gateway", required=True, help="the gateway's gRPC address, host:port")
+    fleet_sim.add_argument("--fleet", default="default")
+    fleet_sim.add_argument("--token-key", type=Path, required=True, help="the fleet's device-token key file")
+    fleet_sim.add_argument("--ca", type=Path, required=True, help="CA certificate the gateway's TLS chains to")
+    fleet_sim.add_argument("--trusted-keys", type=Path, required=True, help="release signing keys, one per line")
+    fleet_sim.add_argument("--devices", type=_count, default=100)
+    fleet_sim.add_argument("--seed", type=int, default=0)
+    fleet_sim.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until stopped)")
+    fleet_sim.add_argument("--status-every", type=_positive, default=1.0, help="seconds between status lines")
+    fleet_sim.add_argument("--offline-fraction", type=float, default=0.0, help="share of devices offline for a while")
+    fleet_sim.set_defaults(handler=_cmd_fleet_sim)
     token = sub.add_parser("token", help="device tokens: make a job key, issue a token")
     token_sub = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
     keygen = token_sub.add_parser("keygen", help="write a new random token key (hex, mode 0600)")
@@ -300,6 +314,38 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         return asyncio.run(serve(config))
     except (FleetStateError, ValueError, OSError) as exc:
         return _fail(str(exc))
+
+
+def _cmd_fleet_sim(args: argparse.Namespace) -> int:
+    from fedfleet.security.tokens import read_key
+
+    if not 0.0 <= args.offline_fraction <= 1.0:
+        return _fail(f"--offline-fraction: must be between 0 and 1, got {args.offline_fraction}")
+    try:
+        key = read_key(args.token_key)
+        ca = args.ca.read_bytes()
+        from fedfleet.runtime.fleet_sim import FleetSimSettings, read_trusted_keys, run_fleet_sim
+        from fedfleet.runtime.threads import configure_torch_threads
+
+        trusted = read_trusted_keys(args.trusted_keys)
+    except ValueError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+    settings = FleetSimSettings(
+        gateway=args.gateway,
+        fleet=args.fleet,
+        token_key=key,
+        ca_pem=ca,
+        trusted_keys=trusted,
+        devices=args.devices,
+        seed=args.seed,
+        duration_seconds=args.duration,
+        status_every_seconds=args.status_every,
+        offline_fraction=args.offline_fraction,
+    )
+    configure_torch_threads()
+    return asyncio.run(run_fleet_sim(settings))
 
 
 def _cmd_device_sim(args: argparse.Namespace) -> int:

@@ -162,3 +162,56 @@ async def test_a_download_resumes_at_an_offset_and_a_refused_token_is_fatal(tmp_
             with pytest.raises(LinkError) as refused:
                 await link.check_in({"os": "android"}, None)
         assert refused.value.fatal and refused.value.reason == "token_bad_signature"
+
+
+@pytest.mark.timeout(300)
+@run_async
+async def test_fleet_sim_command_follows_a_rollout_and_reports_versions_from_the_devices(
+    tmp_path: Path, machine_speed: MachineSpeed
+) -> None:
+    """`fedfleet fleet-sim` as its own process: its status lines count what the devices run."""
+    import json
+    import sys
+
+    key = SigningKey.generate()
+    patience = machine_speed.seconds(60.0)
+    async with gateway(tmp_path, key) as g:
+        stable = g.harness.publish(artifact_bytes(seed=1))
+        candidate = g.harness.publish(artifact_bytes(seed=2))
+        g.harness.set_view(stable=stable, candidate=candidate, weight=50.0)
+        (tmp_path / "fleet.key").write_text(g.security.token_key.hex() + "\n")
+        (tmp_path / "ca.crt").write_bytes(g.security.ca_pem)
+        (tmp_path / "trusted").write_text(key.public().to_text() + "\n")
+        devices = 20
+        argv = [
+            sys.executable, "-m", "fedfleet.cli", "fleet-sim", "--gateway", g.target, "--token-key",
+            str(tmp_path / "fleet.key"), "--ca", str(tmp_path / "ca.crt"), "--trusted-keys", str(tmp_path / "trusted"),
+            "--devices", str(devices), "--status-every", "0.5",
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        snapshot = g.app.gateway.states.get("default")
+        assert snapshot is not None
+        from fedfleet.sim.rollout_devices import build_devices
+
+        pool = holdout_pool()
+        want = Counter(
+            assign(snapshot.view, d.device_id, d.attributes).version
+            for d in build_devices(RolloutFleetSpec(devices=devices), len(pool.y))
+        )
+        try:
+            started = time.monotonic()
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), patience)
+                assert line, "fleet-sim ended early"
+                status = json.loads(line)
+                if Counter({k: v for k, v in status["versions"].items()}) == Counter(
+                    {str(k): v for k, v in want.items()}
+                ):
+                    break
+                assert time.monotonic() - started < patience, f"never converged: {status} != {dict(want)}"
+        finally:
+            proc.terminate()
+            code = await asyncio.wait_for(proc.wait(), patience)
+        assert code == 0
+        assert 0 < want[candidate] < devices
