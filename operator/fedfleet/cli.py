@@ -1,8 +1,9 @@
 """The `fedfleet` command.
 
 Exit status: 0 success, 1 the job failed while running, 2 bad input (manifest, arguments, existing run),
-3 stopped before the end (the state dir resumes it). Bad input is reported as one line naming the field and
-the rule, never as a traceback.
+3 stopped before the end (the state dir resumes it). For `fedfleet rollout`: 0 Healthy, 1 aborted
+(Degraded), 2 bad input, 3 stuck (still paused or progressing after --max-minutes of simulated time).
+Bad input is reported as one line naming the field and the rule, never as a traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be in 0..{2**31 - 1}, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedfleet", description="Kubernetes-native federated learning for edge fleets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,6 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--time-scale", type=_positive, help="grpc: wall seconds per simulated second (default: 0.02)")
     run.set_defaults(handler=_cmd_run)
+
+    rollout = sub.add_parser(
+        "rollout",
+        help="run a ModelRollout manifest locally: gateway, controller and a simulated fleet in simulated time",
+    )
+    rollout.add_argument("manifest", type=Path, help="ModelRollout YAML file (builtin metrics)")
+    rollout.add_argument(
+        "--model", type=Path, required=True, help="the candidate: a model.pt of `fedfleet run` (stands for spec.model)"
+    )
+    rollout.add_argument(
+        "--stable", type=Path, help="the model the fleet runs before (default: the candidate's round-0 weights)"
+    )
+    rollout.add_argument("--out", type=Path, default=Path("runs/rollout"), help="default: runs/rollout")
+    rollout.add_argument("--devices", type=_count, default=500, help="simulated devices (default: 500)")
+    rollout.add_argument("--seed", type=_seed, default=0, help="the fleet's attributes, offline windows and cohorts")
+    rollout.add_argument(
+        "--max-minutes",
+        type=_positive,
+        default=30.0,
+        help="simulated minutes after which a rollout still going counts as stuck (default: 30)",
+    )
+    rollout.add_argument("--quiet", action="store_true", help="no live lines, only the summary")
+    rollout.add_argument("--log-level", default="ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    rollout.set_defaults(handler=_cmd_rollout)
 
     validate = sub.add_parser("validate", help="check a FederatedJob manifest and print it with defaults")
     validate.add_argument("manifest", type=Path)
@@ -213,6 +248,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not completed:
         return _fail(f"the fleet stopped before the job's end; continue with --resume --out {out}", EXIT_FAILED)
     return _report(job, out)
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from fedfleet.api.manifest import ManifestError, load_rollout
+
+    try:
+        rollout = load_rollout(args.manifest)
+    except ManifestError as exc:
+        return _fail(str(exc))
+    from fedfleet.rollout.analysis_runs import rules_for
+    from fedfleet.rollout.errors import InvalidField
+    from fedfleet.runtime.rollout_controller import check_embeddable
+
+    try:
+        check_embeddable(rollout)
+        rules_for(rollout.spec)
+    except InvalidField as exc:
+        return _fail(f"{args.manifest}: {exc}")
+    problem = _unusable_out(args.out)
+    if problem is not None:
+        return _fail(f"--out {args.out}: {problem}")
+
+    # Heavy imports (torch, the gateway) only once the manifest is known to be good.
+    from fedfleet.runtime.rollout import EmbeddedRollout, RolloutSettings
+    from fedfleet.runtime.rollout_inputs import RolloutInputError, resolve_inputs
+    from fedfleet.runtime.rollout_report import render_summary, write_reports
+    from fedfleet.runtime.threads import configure_torch_threads
+
+    configure_torch_threads()
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        inputs = resolve_inputs(rollout, args.model, args.stable)
+        settings = RolloutSettings(devices=args.devices, seed=args.seed, max_minutes=args.max_minutes)
+        run = EmbeddedRollout(rollout, inputs, args.out, settings, on_line=None if args.quiet else _print_line)
+        outcome = asyncio.run(run.run())
+    except (RolloutInputError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"--out {args.out}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    json_path, png_path = write_reports(run, outcome, args.out)
+    print(render_summary(run, outcome))
+    print(f"report: {png_path}  timeline: {json_path}")
+    return outcome.exit_code
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:

@@ -285,6 +285,7 @@ class ModelUpdater:
         applying: asyncio.Task[None] | None = None
         applying_to: ModelOffer | None = None  # the offer `applying` works on
         deferred: ModelOffer | None = None  # a newer offer of the same version, applied once `applying` is done
+        receiving: asyncio.Task[ModelOffer | None] | None = None
         try:
             while True:
                 receiving = asyncio.create_task(inbox.get())
@@ -324,6 +325,10 @@ class ModelUpdater:
                 applying_to = offer
         finally:
             self._inbox = None
+            if receiving is not None and not receiving.done():
+                # Cancelled while waiting (the device went away): left pending, the getter would be collected
+                # with its queue while still pending, which asyncio reports as an error.
+                receiving.cancel()
             await _cancel(listening)
             await _cancel(checking)
             if applying is not None:

@@ -73,6 +73,18 @@ def from_model_file(
         created=format_time(created or dt.datetime.now(dt.UTC)),
         source=source or f"file:{path.name}",
     )
+    return from_module(model, architecture, image_shape, num_classes, metadata)
+
+
+def from_module(
+    model: nn.Module,
+    architecture: Architecture,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    metadata: ModelMetadata,
+) -> ModelArtifact:
+    """The artifact of a module `build_model(architecture, image_shape, num_classes)` made (its weights as
+    they are now): e.g. a job's round-0 model, which exists only as a seed."""
     header = ArtifactHeader(
         architecture=architecture,
         image_shape=image_shape,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import zlib
 from collections import Counter
@@ -89,9 +90,12 @@ class RolloutFleet:
         shared: SharedModels | None = None,
         max_concurrent_downloads: int = DEFAULT_CONCURRENT_DOWNLOADS,
         report_every_seconds: float | None = None,
+        join_within_seconds: float = 0.0,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ValueError(f"max_concurrent_downloads must be at least 1, got {max_concurrent_downloads}")
+        if not (math.isfinite(join_within_seconds) and join_within_seconds >= 0):
+            raise ValueError(f"join_within_seconds must be a finite number >= 0, got {join_within_seconds}")
         self.spec = spec
         self._uplink = asyncio.Semaphore(max_concurrent_downloads)
         self.clock = clock or WallClock()
@@ -119,6 +123,15 @@ class RolloutFleet:
                 report_every_seconds=report_every_seconds,
                 name=device.device_id,
             )
+        # When each device first comes online: all at once unless spread out. A fleet that joins in one instant
+        # checks in in lockstep ever after, so an analysis just after a change would hear from nobody, then
+        # from everyone at once; spread, its check-ins (and reports) arrive all through every interval.
+        self._joins = {
+            d.device_id: float(_device_stream(spec.seed, "rollout.join", d.ordinal).uniform(0.0, join_within_seconds))
+            if join_within_seconds > 0
+            else 0.0
+            for d in self.devices
+        }
         self.errors: dict[str, str] = {}
         self._by_id = {d.device_id: d for d in self.devices}
         self._sent_away: set[str] = set()
@@ -202,6 +215,9 @@ class RolloutFleet:
 
     async def _live(self, device: SimulatedDevice, stop: asyncio.Event) -> None:
         changed = self._changed[device.device_id]
+        join = self._joins[device.device_id]
+        if join > 0:
+            await _first(stop.wait(), self.clock.sleep(join))
         while not stop.is_set():
             changed.clear()
             if not self.is_online_now(device):

@@ -529,3 +529,23 @@ async def test_over_a_real_gateway_a_tampered_candidate_is_refused_counted_and_r
     finally:
         stop.set()
         await asyncio.wait_for(running, PATIENCE)
+
+
+@run_async
+async def test_a_device_that_stops_while_following_leaves_no_task_behind(
+    key: SigningKey, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    data = artifact_bytes(seed=1)
+    offer = offer_for(data, key, role="stable")
+    link = FakeLink({offer.version: data})
+    link.assign(offer)
+    updater = updater_for(link, key, held_out)
+    stop = asyncio.Event()
+    running = asyncio.create_task(updater.run(stop))
+    await until(lambda: updater.running_version == offer.version and link.reports, "the device runs and reported")
+    stop.set()  # as when a simulated device's offline window starts: it is cut off while waiting for news
+    await asyncio.wait_for(running, PATIENCE)
+    for _ in range(3):
+        await asyncio.sleep(0)  # cancelled tasks finish on their next turn
+    left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+    assert left == []

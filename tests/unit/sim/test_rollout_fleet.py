@@ -16,6 +16,7 @@ import pytest
 
 from fedfleet.data.datasets import Dataset
 from fedfleet.rollout.assignment import Role, assign
+from fedfleet.runtime.settle import settle
 from fedfleet.security.signing import SigningKey, TrustedKeys
 from fedfleet.sim.clock import ManualClock
 from fedfleet.sim.rollout_devices import OfflineWindows, RolloutFleetSpec
@@ -37,7 +38,7 @@ def pool() -> Dataset:
 
 
 class Scenario:
-    def __init__(self, root: Path, pool: Dataset, spec: RolloutFleetSpec) -> None:
+    def __init__(self, root: Path, pool: Dataset, spec: RolloutFleetSpec, join_within_seconds: float = 0.0) -> None:
         self.key = SigningKey.generate()
         self.clock = ManualClock()
         self.harness = FleetHarness.in_process(root, self.key, clock=self.clock.now)
@@ -45,7 +46,8 @@ class Scenario:
         self.candidate = self.harness.publish(artifact_bytes(seed=2))
 
         links = in_process_links(self.harness.gateway, "default")
-        self.fleet = RolloutFleet(spec, pool, links, TrustedKeys([self.key.public()]), clock=self.clock)
+        trusted = TrustedKeys([self.key.public()])
+        self.fleet = RolloutFleet(spec, pool, links, trusted, clock=self.clock, join_within_seconds=join_within_seconds)
 
     def expected(self, *, online: Callable[[str], bool] = lambda device_id: True) -> Counter[str | None]:
         """What each device should run under the gateway's current view, from the pure assignment function."""
@@ -247,6 +249,36 @@ async def test_scheduled_offline_windows_take_devices_away_and_bring_them_back(
         await s.clock.advance(last_end - s.clock.now() + 1.0)
         await s.converged("everyone on stable after their windows", Counter({s.stable: 40}))
         assert s.fleet.online() == {d.device_id for d in s.fleet.devices}
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, PATIENCE)
+
+
+@run_async
+async def test_a_fleet_joining_over_an_interval_comes_online_spread_over_it(tmp_path: Path, pool: Dataset) -> None:
+    s = Scenario(tmp_path, pool, RolloutFleetSpec(devices=60, seed=16), join_within_seconds=10.0)
+    s.harness.set_view(stable=s.stable)
+    stop = asyncio.Event()
+    running = asyncio.create_task(s.fleet.run(stop))
+    try:
+        await settle()
+        online = [len(s.fleet.online())]
+        for _ in range(10):
+            await s.clock.advance(1.0)
+            await settle()
+            online.append(len(s.fleet.online()))
+        assert online[0] == 0 and online[-1] == 60  # nobody at once, everybody within the interval
+        assert online == sorted(online) and all(0 < n < 60 for n in online[2:9])  # arriving all along it
+        assert 15 <= online[5] <= 45
+        assert s.fleet.running_versions() == Counter({s.stable: 60})
+        # Their periodic check-ins keep the spread: a minute later they do not all check in at one moment.
+        before = s.fleet.totals().stats.check_ins
+        await s.clock.advance(55.0)
+        await settle()
+        step = s.fleet.totals().stats.check_ins
+        await s.clock.advance(5.0)
+        await settle()
+        assert step - before < 60 and s.fleet.totals().stats.check_ins - step < 60
     finally:
         stop.set()
         await asyncio.wait_for(running, PATIENCE)
