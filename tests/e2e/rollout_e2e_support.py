@@ -102,7 +102,9 @@ def rollout_manifest(name: str, model: JSON, steps: list[JSON], metrics: list[JS
     }
 
 
-def accuracy_metric(condition: str, *, baseline: str = "none", interval: str = "4s", count: int = 1, **extra: Any) -> JSON:
+def accuracy_metric(
+    condition: str, *, baseline: str = "none", interval: str = "4s", count: int = 1, **extra: Any
+) -> JSON:
     """Mean on-device accuracy of a version over the last minute, from the gateway's histogram."""
     query = (
         'sum(rate(fedfleet_gateway_model_accuracy_sum{fleet="{{fleet}}",version="{{version}}"}[1m]))'
