@@ -1,6 +1,6 @@
 """Wiring of one aggregator process: TLS and token key, the gRPC server (the Aggregator service, standard
 health checking and reflection), the HTTP endpoints, the round loop over the gRPC transport, the run
-journal in the state dir, signals and shutdown."""
+journal in the state dir, publishing the final model to the fleet gateway, signals and shutdown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from fedfleet.api.aggregator_config import AggregatorConfig
+from fedfleet.api.aggregator_config import AggregatorConfig, GatewaySection
 from fedfleet.api.federatedjob import FederatedJob
 from fedfleet.engine.journal import EndKind, RunEnd, RunJournal
 from fedfleet.engine.loop import RoundCallback, RoundObserver, record_observer
@@ -35,6 +35,7 @@ from .hub import DeviceHub, HubSettings
 from .inputs import JobInputs, load_inputs
 from .k8s_status import JSON, StatusReporter, outcome_status
 from .metrics import AggregatorMetrics
+from .model_publishing import Publication, final_model, publish_final_model, with_publication
 from .privacy import PrivacyExporter, build_job_privacy, ledger_path, uses_privacy
 from .service import AggregatorService
 from .transport import serve_rounds
@@ -252,6 +253,16 @@ def final_outcome(app: AggregatorApp) -> JSON:
     return outcome_status(end.kind.value, end.message)
 
 
+async def publish(app: AggregatorApp, gateway: GatewaySection) -> Publication:
+    """Publish the job's final model to the fleet gateway (on a worker thread: it loads the model file and
+    blocks on the network, retrying while the gateway is unreachable)."""
+    model = final_model(app.paths.model, app.identity, app.server.round, app.records, app.server.epsilon)
+    publication = await asyncio.to_thread(publish_final_model, gateway, model)
+    if publication.error is not None:
+        log.warning("the final model is not published: %s", publication.error)
+    return publication
+
+
 async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
     """The `fedfleet aggregator` process: 0 when the job completed, 3 when stopped before its end."""
     app = AggregatorApp(job, config, prepare_security(config, job))
@@ -269,9 +280,12 @@ async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
     completed = False
     try:
         completed = await app.run(on_round)
-        if completed and reporter is not None:
-            reporter.report(final_outcome(app))
         if completed:
+            ended = final_outcome(app)
+            if config.gateway is not None:
+                ended = with_publication(ended, await publish(app, config.gateway))
+            if reporter is not None:
+                reporter.report(ended)
             await app.linger()
     finally:
         await app.stop()

@@ -11,6 +11,7 @@ writes it, and the aggregator, which reads it.
     maxUpdateBytes: null             # default: the model's size in float32
     fleetSize: 100                   # devices the job's fleet is planned to have
     evaluation: {dataset: digits, testSamples: 200}   # the server's held-out evaluation data
+    gateway: {address: gw:7443, caFile: gateway/ca.crt, adminTokenFile: gateway/admin.token}   # optional
 
 Both sides import this module, which sits on the bottom floor because the operator may not import
 `fedfleet.aggregator`: the operator builds an `AggregatorConfig` (`operator/resources/configmap.py`), the
@@ -23,13 +24,15 @@ rule in one line, as for job manifests.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from fedfleet.api import strict_yaml
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJob, FederatedJobSpec
@@ -76,6 +79,29 @@ class AuthSection(_Section):
     generate: bool = Field(False, description="create the key when the file is missing")
 
 
+#: "host:port": a DNS name or an address (IPv6 in brackets), then the port.
+GATEWAY_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?):[0-9]{1,5}$"
+
+
+class GatewaySection(_Section):
+    """Where the job's final model is published when the job completes: the fleet gateway's FleetAdmin.
+    Without this section (a local `fedfleet run`, `fedfleet aggregator` started by hand) nothing is published."""
+
+    address: str = Field(..., max_length=260, description="host:port of the gateway's gRPC port")
+    ca_file: Path = Field(..., description="PEM certificate of the CA the gateway's certificate chains to")
+    admin_token_file: Path = Field(..., description="hex file: the gateway's FleetAdmin secret")
+
+    @field_validator("address")
+    @classmethod
+    def _host_and_port(cls, address: str) -> str:
+        if not re.fullmatch(GATEWAY_ADDRESS_PATTERN, address) or not 0 < int(address.rpartition(":")[2]) <= 65535:
+            # A custom error, not ValueError: its message reads without pydantic's "Value error, " in front.
+            raise PydanticCustomError(
+                "gateway_address", "must be HOST:PORT: a DNS name or an IP address ([...] for IPv6), a port in 1..65535"
+            )
+        return address
+
+
 class EvaluationData(_Section):
     """The server's held-out evaluation data: `test_samples` examples of `dataset`, split off with the job's seed."""
 
@@ -119,6 +145,9 @@ class AggregatorConfig(_Section):
     evaluation: EvaluationData | None = Field(
         None, description="the data the model takes and the server's held-out split of it (see evaluation_for)"
     )
+    gateway: GatewaySection | None = Field(
+        None, description="publish the final model to this fleet gateway when the job completes; none: do not"
+    )
 
     def evaluation_for(self, spec: FederatedJobSpec) -> EvaluationData:
         """The model's data and the held-out split, as this configuration says. One that does not say (written
@@ -150,6 +179,10 @@ class AggregatorConfig(_Section):
         update: dict[str, Any] = {"tls": tls, "auth": auth, "state_dir": at(self.state_dir)}
         if self.ledger_path is not None:  # left unset otherwise: the default follows stateDir
             update["ledger_path"] = at(self.ledger_path)
+        if self.gateway is not None:
+            update["gateway"] = self.gateway.model_copy(
+                update={"ca_file": at(self.gateway.ca_file), "admin_token_file": at(self.gateway.admin_token_file)}
+            )
         return self.model_copy(update=update)
 
 

@@ -10,7 +10,8 @@ Two writers share `status`, each owning its own fields, so their merge patches n
 
 Conditions follow the Kubernetes API conventions (metav1.Condition) and kstatus, so Flux and Argo CD can
 read health: `Ready`, `Reconciling` and `Stalled`, plus the job's own `Running`, `Complete` and `Failed`;
-the last two are terminal and never go back to False. The CRD's status schema is generated from these
+the last two are terminal and never go back to False. A complete job whose aggregator publishes to the fleet
+gateway also gets `ModelPublished`. The CRD's status schema is generated from these
 models, like the spec's.
 """
 
@@ -41,6 +42,7 @@ class ConditionType(StrEnum):
     RUNNING = "Running"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    MODEL_PUBLISHED = "ModelPublished"
 
 
 #: Conditions that, once True, stay True: the job has ended.
@@ -75,6 +77,13 @@ class Reason(StrEnum):
     CRASH_LOOP = "CrashLoopBackOff"
     JOB_ENDED = "JobEnded"
     AS_EXPECTED = "AsExpected"
+    MODEL_PUBLISHED = "ModelPublished"
+    MODEL_NOT_PUBLISHED = "ModelNotPublished"
+
+
+#: How the aggregator's outcome message says the final model could not be published (written by
+#: aggregator/model_publishing.py, read by the operator for the ModelPublished condition).
+NOT_PUBLISHED_MARK = "the model is not published: "
 
 
 class Condition(StatusModel):
@@ -95,6 +104,23 @@ class JobOutcome(StatusModel):
 
     reason: str = Field(..., min_length=1, max_length=1024, pattern=REASON_PATTERN, description="e.g. RoundsCompleted.")
     message: str = Field("", max_length=32768, description="Details, for humans.")
+
+
+#: How a published model is named: its artifact's sha256 (fedfleet.models.artifact.digest_of).
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class PublishedModel(StatusModel):
+    """The job's final model as published to the fleet gateway: what a ModelRollout names as its candidate."""
+
+    digest: str = Field(..., pattern=DIGEST_PATTERN, description="sha256:<64 hex> of the model artifact.")
+    size: int = Field(..., ge=1, description="The artifact's bytes.")
+    round: int = Field(..., ge=0, description="The round the model is the result of.")
+    # Optional, not required-but-null: a merge patch's null removes a field, so "not measured" is "absent".
+    accuracy: float | None = Field(None, ge=0, le=1, description="Server-side test accuracy; absent if not measured.")
+    epsilon: float | None = Field(None, ge=0, description="Differential-privacy ε spent; absent without DP.")
+    architecture: str = Field(..., min_length=1, max_length=64, description="The model's architecture.")
+    published_at: str = Field(..., json_schema_extra=_DATE_TIME, description="When it was published (RFC 3339).")
 
 
 class AggregatorPodStatus(StatusModel):
@@ -129,6 +155,7 @@ class FederatedJobStatus(StatusModel):
     accuracy: float | None = Field(None, ge=0, le=1, description="Server-side test accuracy of the latest model.")
     last_round_time: str | None = Field(None, json_schema_extra=_DATE_TIME, description="When the latest round ended.")
     outcome: JobOutcome | None = Field(None, description="How the aggregator ended the job.")
+    model: PublishedModel | None = Field(None, description="The final model, once published to the fleet gateway.")
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
@@ -152,4 +179,5 @@ AGGREGATOR_FIELDS = (
     "accuracy",
     "lastRoundTime",
     "outcome",
+    "model",
 )
