@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedfleet.api.federatedjob import FederatedJob
@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--config", type=Path, required=True, help="gateway YAML (see examples/gateway.yaml)")
     gateway.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     gateway.set_defaults(handler=_cmd_gateway)
+
+    publish = sub.add_parser("publish", help="publish a model file to the fleet gateway; prints its digest")
+    publish.add_argument("model", type=Path, help="a model file written by `fedfleet run` or an aggregator")
+    publish.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway's gRPC address")
+    publish.add_argument("--ca", type=Path, required=True, help="PEM certificate of the gateway's CA")
+    publish.add_argument("--admin-token", type=Path, required=True, help="the gateway's FleetAdmin secret (hex file)")
+    publish.add_argument(
+        "--job", help="the job the model came from (default: the run's, from summary.json beside the model)"
+    )
+    publish.add_argument("--attempts", type=_count, default=3, help="tries while the gateway is unreachable")
+    publish.set_defaults(handler=_cmd_publish)
 
     sim = sub.add_parser("device-sim", help="run a job's simulated fleet against an aggregator over gRPC")
     sim.add_argument("--aggregator", required=True, metavar="HOST:PORT")
@@ -430,6 +441,71 @@ def _cmd_fleet_sim(args: argparse.Namespace) -> int:
     )
     configure_torch_threads()
     return asyncio.run(run_fleet_sim(settings))
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from fedfleet.security.tokens import read_key
+
+    try:
+        token = read_key(args.admin_token).hex()
+        ca = args.ca.read_bytes()
+    except ValueError as exc:
+        return _fail(f"--admin-token {exc}")
+    except OSError as exc:
+        return _fail(f"--ca {args.ca}: cannot read: {exc.strerror or exc}")
+    try:
+        run = _run_facts(args.model)
+    except ValueError as exc:
+        return _fail(str(exc))
+    from fedfleet.models.artifact import ArtifactError, encode
+    from fedfleet.models.artifact_torch import from_model_file
+    from fedfleet.proto.fleet_admin import PublishError, RetryPolicy, publish_model
+
+    job = args.job or run.get("job") or args.model.resolve().parent.name or args.model.stem
+    try:
+        artifact = from_model_file(
+            args.model, job=job, source=f"file:{args.model.name}", accuracy=run.get("accuracy"),
+            epsilon=run.get("epsilon"),
+        )  # fmt: skip
+        digest = publish_model(args.gateway, ca, token, encode(artifact), policy=RetryPolicy(attempts=args.attempts))
+    except ArtifactError as exc:
+        return _fail(str(exc))
+    except PublishError as exc:
+        return _fail(str(exc), EXIT_FAILED if exc.code is not None else EXIT_BAD_INPUT)
+    print(digest)
+    return EXIT_OK
+
+
+def _run_facts(model: Path) -> dict[str, Any]:
+    """What the run directory beside a `model.pt` says about it (summary.json of `fedfleet run`): the job and,
+    when the run evaluated its last round, the accuracy; the ε spent. Empty for a file outside a run dir."""
+    import json
+    import math
+
+    from fedfleet.persist.run_dir import RunPaths
+
+    paths = RunPaths(model.parent)
+    if model.name != paths.model.name or not paths.summary.is_file():
+        return {}
+    try:
+        summary = json.loads(paths.summary.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{paths.summary}: not a run summary ({exc}); pass --job to publish without it") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{paths.summary}: not a run summary; pass --job to publish without it")
+
+    def number(value: object, low: float, high: float) -> float | None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok and low <= value <= high else None  # type: ignore[operator, arg-type]
+
+    job = summary.get("job")
+    # An early stop (the privacy budget) may have left the last weights unevaluated: no accuracy then.
+    accuracy = number(summary.get("final_accuracy"), 0.0, 1.0) if summary.get("stop_reason") is None else None
+    return {
+        "job": job if isinstance(job, str) and job.isprintable() and 0 < len(job) <= 256 else None,
+        "accuracy": accuracy,
+        "epsilon": number(summary.get("epsilon"), 0.0, math.inf),
+    }
 
 
 def _cmd_device_sim(args: argparse.Namespace) -> int:
