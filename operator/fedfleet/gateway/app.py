@@ -1,6 +1,6 @@
 """Wiring of one gateway process: TLS and keys, the fleet states from the state dir, the artifact store, the
 gRPC server (fedfleet.v1.Fleet and FleetAdmin, standard health checking, reflection), the HTTP endpoints,
-signals and shutdown.
+the fleet views' ConfigMaps in a cluster (view_source.py), signals and shutdown.
 
 One asyncio loop serves everything: a WatchAssignment stream is a coroutine waiting on its slot, not a thread,
 so one process holds tens of thousands of them.
@@ -33,8 +33,10 @@ from fedfleet.security.tokens import TokenVerifier, fleet_identity, new_key, rea
 from .config import GatewayConfig
 from .core import Gateway
 from .fleet_state import FleetStates
+from .kube_configmaps import ConfigMapReader
 from .metrics import GatewayMetrics
 from .service import FleetAdminService, FleetService, malformed_in_stream, max_message_bytes, message_limits
+from .view_source import ConfigMapViewSource, Fetch
 
 log = logging.getLogger("fedfleet.gateway")
 
@@ -105,7 +107,10 @@ class GatewayApp:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        view_fetch: Fetch | None = None,
     ) -> None:
+        """`view_fetch` reads the fleets' ConfigMaps when the config has a viewSource; by default the API
+        server, as the pod's ServiceAccount."""
         self.config = config
         self.security = security
         self.registry = registry or CollectorRegistry()
@@ -121,17 +126,31 @@ class GatewayApp:
         )
         self.grpc_port = 0
         self.http_port: int | None = None
+        self.view_source: ConfigMapViewSource | None = None
+        if config.view_source is not None:
+            fetch = view_fetch or ConfigMapReader.in_cluster(config.view_source.namespace).get
+            self.view_source = ConfigMapViewSource(
+                self.gateway, config.fleets, fetch, config.view_source.interval_seconds
+            )
+        self._view_stop = asyncio.Event()
+        self._view_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Restore each fleet's view, then listen. Raises FleetStateError for a state file it cannot use."""
+        """Restore each fleet's view, read the views' ConfigMaps once, then listen. Raises FleetStateError for
+        a state file it cannot use."""
         self.gateway.states.load()
         self.gateway.restored()
+        if self.view_source is not None:
+            # Once before serving, so that a restarted gateway answers its first devices from the current view.
+            await self.view_source.poll()
         server, self.grpc_port = self._create_server()
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.config.http is not None:
             self.http_port = await self._http.start(self.config.http.host, self.config.http.port)
+        if self.view_source is not None:
+            self._view_task = asyncio.create_task(self.view_source.run(self._view_stop), name="view-source")
         log.info("gateway listening: gRPC %s:%d, HTTP %s", self.config.listen.host, self.grpc_port, self.http_port)
 
     def _create_server(self) -> tuple[grpc.aio.Server, int]:
@@ -166,6 +185,10 @@ class GatewayApp:
 
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._view_task is not None:
+            self._view_stop.set()
+            await self._view_task  # ends within one fetch's timeout
+            self._view_task = None
         self.gateway.close()  # open watches end now: their devices reconnect to another replica
         await self._http.stop()
         if self._server is not None:

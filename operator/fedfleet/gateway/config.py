@@ -10,6 +10,12 @@
     checkInIntervalSeconds: 60
     watchKeepaliveSeconds: 30
     limits: {maxAttributes: 32, maxWatchStreams: 20000, ...}
+    viewSource: {kind: configmap, namespace: fedfleet-system, intervalSeconds: 1}   # optional, see below
+
+`viewSource` says where each fleet's view comes from besides the FleetAdmin API: `configmap` reads the
+ConfigMaps `fedfleet-fleet-<fleet>` the operator writes (gateway/view_source.py), through the API server as
+the pod's ServiceAccount; `namespace` defaults to the pod's own. Absent: only PutFleetView feeds views (the
+embedded runtime, a gateway outside a cluster).
 
 Relative paths are resolved against the directory of the file. Errors name the field and the rule in one line,
 as for job manifests; the file is read as the API server reads manifests (api/strict_yaml.py).
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -87,6 +93,14 @@ class GatewayLimits(_Section):
     max_concurrent_publishes: int = Field(_DEFAULT.max_concurrent_publishes, ge=1, le=16)
 
 
+class ViewSource(_Section):
+    kind: Literal["configmap"] = Field(..., description="configmap: the operator's fedfleet-fleet-<fleet> ConfigMaps")
+    namespace: str | None = Field(
+        None, min_length=1, max_length=63, pattern=FLEET_PATTERN, description="default: the pod's namespace"
+    )
+    interval_seconds: float = Field(1.0, ge=0.1, le=300, description="seconds between polls")
+
+
 class GatewayConfig(_Section):
     listen: Endpoint = Field(default_factory=lambda: Endpoint(port=50052))
     http: Endpoint | None = Field(default_factory=lambda: Endpoint(port=9091))
@@ -102,6 +116,7 @@ class GatewayConfig(_Section):
         _DEFAULT.keepalive_seconds, ge=0.05, le=3600, description="longest silence on a watch"
     )
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
+    view_source: ViewSource | None = Field(None, description="where fleet views come from besides the admin API")
 
     @field_validator("fleets")
     @classmethod
