@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedfleet.persist.atomic import atomic_write_bytes
@@ -85,8 +85,9 @@ def issue_server_cert(ca: KeyPair, hosts: list[str], validity: dt.timedelta = DE
         raise ValueError("a server certificate needs at least one host name or address")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key must be an elliptic-curve key")
+    # EC or RSA: a CA made elsewhere (Helm's genCA, cert-manager) is often RSA; the leaf key is EC either way.
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the CA key must be an elliptic-curve or RSA key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -116,6 +117,24 @@ def write_tls_files(files: TlsFiles, job: str, hosts: list[str]) -> None:
     stored cannot leak.
     """
     ca = generate_ca(f"fedfleet job {job} CA")
+    server = issue_server_cert(ca, hosts)
+    atomic_write_bytes(files.ca_cert, ca.cert_pem)
+    atomic_write_bytes(files.server_cert, server.cert_pem)
+    atomic_write_bytes(files.server_key, server.key_pem)
+    files.server_key.chmod(0o600)
+
+
+def read_ca(directory: Path, cert_name: str = "ca.crt", key_name: str = "ca.key") -> KeyPair:
+    """A CA's certificate and key from a directory (a mounted Secret); ValueError naming the file."""
+    try:
+        return KeyPair((directory / cert_name).read_bytes(), (directory / key_name).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+
+
+def write_issued(files: TlsFiles, ca: KeyPair, hosts: list[str]) -> None:
+    """Issue a server certificate for `hosts` with `ca` and write it, its key (owner only) and the CA's
+    certificate; the CA's key stays where it is. ValueError when the certificate cannot be issued."""
     server = issue_server_cert(ca, hosts)
     atomic_write_bytes(files.ca_cert, ca.cert_pem)
     atomic_write_bytes(files.server_cert, server.cert_pem)
