@@ -1,5 +1,6 @@
-"""Operator settings: images, ports, storage and timing, from the command line (`python -m fedfleet.operator`)
-or the environment (`kopf run -m fedfleet.operator.handlers`, read by its startup handler).
+"""Operator settings: images, ports, storage, timing and the fleet gateway, from the command line
+(`python -m fedfleet.operator`) or the environment (`kopf run -m fedfleet.operator.handlers`, read by its
+startup handler).
 
 Either way the handlers get them from kopf's operator memo (see fedfleet.operator.handlers)."""
 
@@ -7,12 +8,18 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationError
+
 from fedfleet import __version__
+from fedfleet.api.aggregator_config import GatewaySection
+from fedfleet.api.manifest import describe_validation_error
+from fedfleet.api.pod_environment import under_root
+from fedfleet.security.tokens import read_key
 
 StateStorage = Literal["pvc", "emptyDir"]
 EndpointMode = Literal["pod", "service"]
@@ -20,6 +27,40 @@ EndpointMode = Literal["pod", "service"]
 ENV_PREFIX = "FEDFLEET_OPERATOR_"
 #: Longer than any real address; bounds what a mistyped value can make the operator carry around.
 MAX_ADDRESS_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class GatewayLink:
+    """How aggregators reach the fleet gateway to publish their final models: its address, and the CA and
+    FleetAdmin token the operator copies into each job's namespace (a pod mounts only Secrets of its own).
+
+    The files are the gateway's Secrets mounted into the operator's pod (the chart does it); their content is
+    read once, when the settings are, so reconciliation stays a pure function of the settings."""
+
+    address: str  # host:port of the gateway's gRPC port
+    ca_file: Path
+    admin_token_file: Path
+    ca_pem: bytes = field(repr=False)
+    admin_token: str = field(repr=False)  # hex, as the gateway compares it
+
+    @classmethod
+    def load(cls, address: str, ca_file: Path, admin_token_file: Path, names: tuple[str, str, str]) -> GatewayLink:
+        """Read and check the files; ValueError naming the setting (`names`: address, CA, token)."""
+        try:
+            GatewaySection(address=address, ca_file=ca_file, admin_token_file=admin_token_file)
+        except ValidationError as exc:
+            raise ValueError(f"{names[0]}: {describe_validation_error(exc).removeprefix('address: ')}") from None
+        try:
+            ca_pem = under_root(ca_file).read_bytes()  # mounted: under the pod's root on the local node agent
+        except OSError as exc:
+            raise ValueError(f"{names[1]}: cannot read {ca_file}: {exc.strerror or exc}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
+            raise ValueError(f"{names[1]}: {ca_file} is not a PEM certificate")
+        try:
+            token = read_key(under_root(admin_token_file)).hex()
+        except ValueError as exc:
+            raise ValueError(f"{names[2]}: {exc}") from None
+        return cls(address, ca_file, admin_token_file, ca_pem, token)
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,8 @@ class OperatorConfig:
     gateway_http_address: str | None = None
     #: Seconds between reconciliations of each ModelRollout (analysis intervals are measured on this tick).
     rollout_seconds: float = 2.0
+    #: Where aggregators publish their final models; None: they do not publish.
+    gateway: GatewayLink | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -84,6 +127,7 @@ class OperatorConfig:
             fleet_namespace=get("FLEET_NAMESPACE", base.fleet_namespace),
             gateway_http_address=get("GATEWAY_HTTP_ADDRESS", "") or None,
             rollout_seconds=_positive(get("ROLLOUT_SECONDS", str(base.rollout_seconds)), "ROLLOUT_SECONDS"),
+            gateway=_gateway_from_env(get),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -103,8 +147,27 @@ class OperatorConfig:
             "FLEET_NAMESPACE": self.fleet_namespace,
             "GATEWAY_HTTP_ADDRESS": self.gateway_http_address or "",
             "ROLLOUT_SECONDS": str(self.rollout_seconds),
+            "GATEWAY_ADDRESS": self.gateway.address if self.gateway else "",
+            "GATEWAY_CA_FILE": str(self.gateway.ca_file) if self.gateway else "",
+            "GATEWAY_ADMIN_TOKEN_FILE": str(self.gateway.admin_token_file) if self.gateway else "",
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}
+
+
+#: The settings of the gateway link, all or none: an address without credentials could only fail later.
+GATEWAY_SETTINGS = ("GATEWAY_ADDRESS", "GATEWAY_CA_FILE", "GATEWAY_ADMIN_TOKEN_FILE")
+
+
+def _gateway_from_env(get: Callable[[str, str], str]) -> GatewayLink | None:
+    values = [get(name, "").strip() for name in GATEWAY_SETTINGS]
+    if not any(values):
+        return None
+    names = tuple(ENV_PREFIX + name for name in GATEWAY_SETTINGS)
+    missing = [name for name, value in zip(names, values, strict=True) if not value]
+    if missing:
+        raise ValueError(f"{missing[0]}: must be set with {', '.join(n for n in names if n != missing[0])}")
+    address, ca, token = values
+    return GatewayLink.load(address, Path(ca), Path(token), (names[0], names[1], names[2]))
 
 
 def _positive(text: str, name: str) -> float:

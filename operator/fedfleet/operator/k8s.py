@@ -161,7 +161,10 @@ class JobApi:
             present.add(kind)
             if kind == "ConfigMap":
                 configmap_data = obj.get("data") or {}
-        return Observed(pod=pod, present=frozenset(present), configmap_data=configmap_data)
+        gateway = await self._child("Secret", job, naming.gateway_secret_name(job.name))
+        return Observed(
+            pod=pod, present=frozenset(present), configmap_data=configmap_data, gateway_secret=gateway is not None
+        )
 
     async def _child(self, kind: str, job: JobRef, name: str) -> JSON | None:
         obj = await self.client.get(object_path(kind, job.namespace, name))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedfleet.api import pod_environment
-from fedfleet.operator.config import OperatorConfig, prometheus_address
+from fedfleet.operator.config import GatewayLink, OperatorConfig, prometheus_address
 
 EXIT_BAD_INPUT = 2
 
@@ -44,8 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fleet gateway's HTTP base URL (artifacts a ModelRollout names by digest)")  # fmt: skip
     p.add_argument("--rollout-seconds", type=float, default=defaults.rollout_seconds,
                    help="seconds between reconciliations of each ModelRollout")  # fmt: skip
+    p.add_argument(
+        "--gateway-address",
+        metavar="HOST:PORT",
+        help="the fleet gateway aggregators publish final models to (default: none, no publishing)",
+    )
+    p.add_argument("--gateway-ca", type=Path, help="PEM certificate of the gateway's CA (with --gateway-address)")
+    p.add_argument("--gateway-admin-token", type=Path,
+                   help="the gateway's FleetAdmin secret, a hex file (with --gateway-address)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
+
+
+def gateway_link(args: argparse.Namespace) -> GatewayLink | None:
+    """The gateway from the three flags, all or none; ValueError naming the flag."""
+    flags = ("--gateway-address", "--gateway-ca", "--gateway-admin-token")
+    values = (args.gateway_address, args.gateway_ca, args.gateway_admin_token)
+    if all(value is None for value in values):
+        return None
+    missing = [flag for flag, value in zip(flags, values, strict=True) if value is None]
+    if missing:
+        raise ValueError(f"{missing[0]}: needed with {', '.join(f for f in flags if f not in missing)}")
+    return GatewayLink.load(args.gateway_address, args.gateway_ca, args.gateway_admin_token, flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus = (
             prometheus_address(args.prometheus_address, "--prometheus-address") if args.prometheus_address else None
         )
+        gateway = gateway_link(args)
     except ValueError as err:
         parser.error(str(err))
     config = OperatorConfig(
@@ -77,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet_namespace=args.fleet_namespace,
         gateway_http_address=args.gateway_http_address,
         rollout_seconds=args.rollout_seconds,
+        gateway=gateway,
     )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

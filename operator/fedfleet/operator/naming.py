@@ -34,10 +34,12 @@ AUTH_DIR = "/etc/fedfleet/auth"  # the device-token key
 CONFIG_DIR = "/etc/fedfleet/config"  # the aggregator configuration template (ConfigMap)
 RUN_DIR = "/etc/fedfleet/run"  # written by the init step: server certificate and the final configuration
 STATE_DIR = "/var/lib/fedfleet/state"  # checkpoints: a PersistentVolumeClaim, so a new pod resumes
+GATEWAY_DIR = "/etc/fedfleet/gateway"  # the fleet gateway's CA and admin token: where the final model goes
 
 CONFIG_FILE = "aggregator.yaml"
 CA_CERT, CA_KEY, TOKEN_KEY = "ca.crt", "ca.key", "token.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+GATEWAY_ADMIN_TOKEN = "admin.token"
 
 
 def aggregator_name(job: str) -> str:
@@ -47,6 +49,11 @@ def aggregator_name(job: str) -> str:
 
 def secret_name(job: str) -> str:
     return f"{job}-credentials"
+
+
+def gateway_secret_name(job: str) -> str:
+    """The job's copy of the fleet gateway's CA and admin token (the aggregator publishes with them)."""
+    return f"{job}-gateway"
 
 
 def claim_name(job: str) -> str:

@@ -14,6 +14,7 @@ from operator_jobs import job_body
 from fedfleet.api.aggregator_config import AggregatorConfig, dump_config, load_config, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import certinit, naming
+from fedfleet.operator.config import GatewayLink
 from fedfleet.operator.resources import JobCredentials, aggregator_config
 
 
@@ -102,3 +103,13 @@ def test_missing_ca_is_one_line_and_exit_2(tmp_path: Path, capsys: object) -> No
         {},
     )  # fmt: skip
     assert code == 2
+
+
+def test_the_gateway_files_move_under_the_pod_root_too(gateway_link: GatewayLink, tmp_path: Path) -> None:
+    body = job_body()
+    template = aggregator_config(body, FederatedJobSpec.model_validate(body["spec"]), gateway_link)
+    config = certinit.finalize_config(template, "127.0.10.9", {"FEDFLEET_ROOT": str(tmp_path)})
+    assert config.gateway is not None and config.gateway.address == gateway_link.address
+    assert config.gateway.ca_file == tmp_path / "etc/fedfleet/gateway/ca.crt"
+    assert config.gateway.admin_token_file == tmp_path / "etc/fedfleet/gateway/admin.token"
+    assert parse_config(yaml.safe_load(dump_config(config)), "final").gateway == config.gateway

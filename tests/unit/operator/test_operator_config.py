@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.kube_credentials import CredentialsError, in_cluster
 
 
@@ -77,3 +77,50 @@ def test_in_cluster_credentials_resolve_under_the_pod_root(tmp_path: Path) -> No
     assert creds.bearer() == "tok" and creds.ca_file == sa / "ca.crt"
     with pytest.raises(CredentialsError, match="not in a cluster"):
         in_cluster({})
+
+
+def test_the_gateway_link_round_trips_and_reads_its_files(gateway_link: GatewayLink) -> None:
+    config = OperatorConfig(gateway=gateway_link)
+    again = OperatorConfig.from_env(config.to_env())
+    assert again == config and again.gateway is not None
+    assert again.gateway.admin_token == bytes(range(32)).hex()
+    assert again.gateway.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert bytes(range(32)).hex() not in repr(again)  # a secret never reaches a log line through repr
+
+
+def test_the_gateway_files_are_read_under_the_pod_root(gateway_link: GatewayLink, tmp_path: Path) -> None:
+    root = tmp_path / "pod"
+    mounted = root / "etc/fedfleet/gateway"
+    mounted.mkdir(parents=True)
+    (mounted / "ca.crt").write_bytes(gateway_link.ca_pem)
+    (mounted / "admin.token").write_text(gateway_link.admin_token + "\n")
+    names = ("a", "c", "t")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDFLEET_ROOT", str(root))
+        link = GatewayLink.load("gw:7443", Path("/etc/fedfleet/gateway/ca.crt"),
+                                Path("/etc/fedfleet/gateway/admin.token"), names)  # fmt: skip
+    assert (link.ca_pem, link.admin_token) == (gateway_link.ca_pem, gateway_link.admin_token)
+    assert link.ca_file == Path("/etc/fedfleet/gateway/ca.crt")  # the setting as given, read under the root
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"GATEWAY_ADDRESS": "gw:7443"}, "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: must be set with"),
+        ({"GATEWAY_ADDRESS": "gw", "GATEWAY_CA_FILE": "{ca}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
+         "FEDFLEET_OPERATOR_GATEWAY_ADDRESS: must be HOST:PORT"),
+        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{missing}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
+         "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: cannot read"),
+        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{token}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
+         "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: .* is not a PEM certificate"),
+        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{ca}", "GATEWAY_ADMIN_TOKEN_FILE": "{ca}"},
+         "FEDFLEET_OPERATOR_GATEWAY_ADMIN_TOKEN_FILE: .*must be hex text"),
+    ],
+)  # fmt: skip
+def test_a_bad_gateway_setting_names_the_variable(
+    gateway_link: GatewayLink, tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    files = {"ca": gateway_link.ca_file, "token": gateway_link.admin_token_file, "missing": tmp_path / "nope"}
+    env = {f"FEDFLEET_OPERATOR_{k}": v.format(**files) for k, v in settings.items()}
+    with pytest.raises(ValueError, match=message):
+        OperatorConfig.from_env(env)

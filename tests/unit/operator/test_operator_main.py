@@ -6,7 +6,9 @@ import os
 
 import pytest
 
+from fedfleet.operator.config import GatewayLink
 from fedfleet.operator.main import build_parser, main
+from fedfleet.operator.main import gateway_link as gateway_link_from
 
 
 def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,3 +41,21 @@ def test_namespace_flags_are_exclusive() -> None:
     assert parser.parse_args(["--namespace", "a", "--namespace", "b"]).namespace == ["a", "b"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--namespace", "a", "--all-namespaces"])
+
+
+def test_the_gateway_flags_go_together_and_name_what_is_missing(
+    gateway_link: GatewayLink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    assert gateway_link_from(parser.parse_args([])) is None
+    args = parser.parse_args(["--gateway-address", "gw:7443", "--gateway-ca", str(gateway_link.ca_file),
+                              "--gateway-admin-token", str(gateway_link.admin_token_file)])  # fmt: skip
+    link = gateway_link_from(args)
+    assert link is not None and (link.address, link.admin_token) == ("gw:7443", gateway_link.admin_token)
+    with pytest.raises(SystemExit) as caught:
+        main(["--gateway-address", "gw:7443", "--gateway-ca", str(gateway_link.ca_file)])
+    assert caught.value.code == 2
+    assert "--gateway-admin-token: needed with --gateway-address, --gateway-ca" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--gateway-address", "gw:0", "--gateway-ca", "c", "--gateway-admin-token", "t"])
+    assert "--gateway-address: must be HOST:PORT" in capsys.readouterr().err

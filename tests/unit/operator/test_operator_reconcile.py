@@ -11,7 +11,7 @@ from operator_jobs import SPEC, job_body
 
 from fedfleet.api.status import ConditionType, FederatedJobStatus
 from fedfleet.operator import naming
-from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.job import JobRef
 from fedfleet.operator.reconcile import Observed, Plan, reconcile, set_condition
 from fedfleet.operator.resources import JobCredentials
@@ -358,3 +358,63 @@ def test_children_deleted_by_hand_are_recreated(credentials: JobCredentials) -> 
     plan = world.step(at(5))
     assert [o["kind"] for o in plan.create] == ["Role", "Service"]
     assert all(o["metadata"]["name"] == naming.aggregator_name("digits") for o in plan.create)
+
+
+# --- the fleet gateway --------------------------------------------------------------------------------
+
+
+def test_with_a_gateway_the_job_gets_its_copy_of_the_credentials_once(gateway_link: GatewayLink) -> None:
+    config = OperatorConfig(gateway=gateway_link)
+    job = JobRef.from_body(job_body())
+    plan = reconcile(job, Observed(present=ALL_STATIC), config, at(0), None)
+    secrets = [o for o in plan.create if o["kind"] == "Secret"]
+    assert [s["metadata"]["name"] for s in secrets] == ["digits-gateway"]
+    assert [o["kind"] for o in plan.create][-1] == "Pod"  # after the Secret it mounts
+    text = next(o for o in plan.update if o["kind"] == "ConfigMap")["data"]["aggregator.yaml"]
+    assert "address: fedfleet-gateway.fedfleet-system.svc:7443" in text
+    again = reconcile(job, Observed(present=ALL_STATIC, gateway_secret=True), config, at(1), None)
+    assert "Secret" not in [o["kind"] for o in again.create]
+    # Without a gateway, no copy is made and the aggregator is told of none.
+    plain = reconcile(job, Observed(present=ALL_STATIC), CONFIG, at(0), None)
+    assert [o["kind"] for o in plain.create] == ["Pod"]
+
+
+def _complete_with(credentials: JobCredentials, **reported: Any) -> World:
+    world = running_world(credentials)
+    world.aggregator_reports(round=3, accuracy=0.9)
+    world.step(at(30))  # complete on the round count, before the aggregator's last word
+    world.aggregator_reports(**reported)
+    return world
+
+
+def test_a_published_model_shows_as_a_condition_and_an_event(credentials: JobCredentials) -> None:
+    model = {"digest": "sha256:" + "b" * 64, "size": 6000, "round": 3, "accuracy": 0.9, "architecture": "logistic",
+             "publishedAt": "2030-01-02T03:05:00Z"}  # fmt: skip
+    world = _complete_with(credentials, outcome={"reason": "RoundsCompleted", "message": "3 rounds"}, model=model)
+    world.step(at(31))
+    assert world.cond(ConditionType.MODEL_PUBLISHED) == ("True", "ModelPublished")
+    found = world.status.condition(ConditionType.MODEL_PUBLISHED)
+    assert found is not None and model["digest"] in found.message
+    assert world.events.count(("Normal", "ModelPublished")) == 1
+    assert world.step(at(40)).idle  # said once
+    assert world.cond(ConditionType.COMPLETE) == ("True", "RoundsCompleted")
+
+
+def test_a_model_that_could_not_be_published_says_why(credentials: JobCredentials) -> None:
+    said = "3 rounds; the model is not published: publishing to the fleet gateway at gw:7443: UNAVAILABLE"
+    world = _complete_with(credentials, outcome={"reason": "RoundsCompleted", "message": said})
+    world.step(at(31))
+    assert world.cond(ConditionType.MODEL_PUBLISHED) == ("False", "ModelNotPublished")
+    found = world.status.condition(ConditionType.MODEL_PUBLISHED)
+    assert found is not None and found.message.startswith("the model is not published: publishing to")
+    assert ("Warning", "ModelNotPublished") in world.events
+    assert world.cond(ConditionType.COMPLETE)[0] == "True"  # the job is complete all the same
+
+
+def test_no_model_condition_without_a_gateway_or_before_the_outcome(credentials: JobCredentials) -> None:
+    world = _complete_with(credentials)
+    world.step(at(31))
+    assert world.status.condition(ConditionType.MODEL_PUBLISHED) is None
+    world.aggregator_reports(outcome={"reason": "RoundsCompleted", "message": "3 rounds finished"})
+    world.step(at(32))
+    assert world.status.condition(ConditionType.MODEL_PUBLISHED) is None

@@ -14,12 +14,13 @@ from operator_jobs import job_body
 from fedfleet.api.aggregator_config import CLUSTER_ONLY_FIELDS, dump_config, load_config_job, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import naming
-from fedfleet.operator.config import OperatorConfig
+from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.resources import (
     JobCredentials,
     aggregator_config,
     build_aggregator_pod,
     build_configmap,
+    build_gateway_secret,
     build_role,
     build_rolebinding,
     build_secret,
@@ -216,3 +217,35 @@ def test_aggregator_config_differs_between_jobs_of_the_same_name() -> None:
 @pytest.mark.parametrize("cpu", ["500m", "2", "0.5", "1e3"])
 def test_quantities_follow_the_kubernetes_pattern(cpu: str) -> None:
     FederatedJobSpec.model_validate({"rounds": 1, "aggregator": {"resources": {"limits": {"cpu": cpu}}}})
+
+
+def test_with_a_gateway_the_aggregator_publishes_with_the_jobs_copy_of_its_credentials(
+    gateway_link: GatewayLink,
+) -> None:
+    body = job_body()
+    spec = _spec(body)
+    config = OperatorConfig(gateway=gateway_link)
+    section = aggregator_config(body, spec, gateway_link).gateway
+    assert section is not None and section.address == "fedfleet-gateway.fedfleet-system.svc:7443"
+    assert (str(section.ca_file), str(section.admin_token_file)) == (
+        "/etc/fedfleet/gateway/ca.crt",
+        "/etc/fedfleet/gateway/admin.token",
+    )
+    assert aggregator_config(body, spec).gateway is None  # no gateway: nothing is published
+
+    secret = build_gateway_secret(body, gateway_link)
+    assert secret["metadata"]["name"] == "digits-gateway" and secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "0f1e2d3c-uid" and secret["immutable"] is True
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert data == {"ca.crt": gateway_link.ca_pem, "admin.token": gateway_link.admin_token.encode() + b"\n"}
+
+    pod = build_aggregator_pod(body, spec, config, "x")
+    (init,) = pod["spec"]["initContainers"]
+    (main,) = pod["spec"]["containers"]
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    assert mounts["gateway"] == {"name": "gateway", "mountPath": "/etc/fedfleet/gateway", "readOnly": True}
+    assert "gateway" not in {m["name"] for m in init["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["gateway"]["secret"] == {"secretName": "digits-gateway", "defaultMode": 0o400}
+    without = build_aggregator_pod(body, spec, CONFIG, "x")
+    assert "gateway" not in {v["name"] for v in without["spec"]["volumes"]}

@@ -21,7 +21,7 @@ from typing import Any
 
 from fedfleet.api.aggregator_config import dump_config
 from fedfleet.api.federatedjob import FederatedJobSpec
-from fedfleet.api.status import Condition, ConditionType, FederatedJobStatus, Phase, Reason
+from fedfleet.api.status import NOT_PUBLISHED_MARK, Condition, ConditionType, FederatedJobStatus, Phase, Reason
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.job import InvalidSpec, JobRef
@@ -31,6 +31,7 @@ from fedfleet.operator.resources import (
     aggregator_config,
     build_aggregator_pod,
     build_configmap,
+    build_gateway_secret,
     build_role,
     build_rolebinding,
     build_secret,
@@ -54,6 +55,7 @@ class Observed:
     pod: JSON | None = None
     present: frozenset[str] = frozenset()
     configmap_data: dict[str, str] | None = None
+    gateway_secret: bool = False  # the job's copy of the fleet gateway's CA and admin token exists
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,12 @@ def reconcile(
     if old.terminal:
         # The job has ended: keep the record; a failed job's aggregator stays stopped.
         draft.delete_pod = old.is_true(ConditionType.FAILED) and pod is not None and not terminating
+        if old.is_true(ConditionType.COMPLETE):
+            _model_published(draft, old)
         return draft.plan()
 
     # Rendered once: the ConfigMap holds this text and the pod's hash covers it.
-    config_text = dump_config(aggregator_config(job.body, spec))
+    config_text = dump_config(aggregator_config(job.body, spec, config.gateway))
     _ensure_children(draft, observed, spec, config, config_text, credentials)
 
     if spec.suspend:
@@ -185,6 +189,8 @@ def _ensure_children(
             raise ValueError(f"job {draft.job.namespace}/{draft.job.name}: its Secret is missing; pass credentials")
         wanted.append(build_secret(body, creds))
     wanted.append(configmap)
+    if config.gateway is not None and not observed.gateway_secret:
+        draft.create.append(build_gateway_secret(body, config.gateway))
     if config.state_storage == "pvc":
         wanted.append(build_state_claim(body, config))
     wanted.append(build_service(body, spec))
@@ -232,6 +238,25 @@ def _complete(draft: _Draft, old: FederatedJobStatus, spec: FederatedJobSpec) ->
     draft.cond(ConditionType.RECONCILING, False, Reason.JOB_ENDED)
     draft.cond(ConditionType.STALLED, False, Reason.AS_EXPECTED)
     draft.end(Phase.COMPLETE)
+
+
+def _model_published(draft: _Draft, old: FederatedJobStatus) -> None:
+    """`ModelPublished` of a complete job, once its aggregator has said how publishing went: True with the
+    digest when `status.model` is there, False with the aggregator's reason when the outcome came without it.
+    No condition before the outcome, nor for a job whose aggregator had no gateway to publish to."""
+    if old.model is not None:
+        model = old.model
+        message = f"{model.digest} (round {model.round}, {model.size} bytes) is on the fleet gateway"
+        published, reason, severity = True, Reason.MODEL_PUBLISHED, "Normal"
+    elif old.outcome is not None and NOT_PUBLISHED_MARK in old.outcome.message:
+        message = old.outcome.message[old.outcome.message.index(NOT_PUBLISHED_MARK) :]
+        published, reason, severity = False, Reason.MODEL_NOT_PUBLISHED, "Warning"
+    else:
+        return
+    before = old.condition(ConditionType.MODEL_PUBLISHED)
+    draft.cond(ConditionType.MODEL_PUBLISHED, published, reason, message)
+    if before is None or before.reason != reason:
+        draft.event(severity, reason, message)
 
 
 def _fail(draft: _Draft, reason: str, message: str, stop: bool) -> None:

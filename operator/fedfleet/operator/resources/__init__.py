@@ -9,7 +9,7 @@ from fedfleet.operator.resources.configmap import aggregator_config, build_confi
 from fedfleet.operator.resources.job_credentials import JobCredentials, new_job_credentials
 from fedfleet.operator.resources.pod import build_aggregator_pod, pod_spec_hash
 from fedfleet.operator.resources.rbac import build_role, build_rolebinding, build_service_account
-from fedfleet.operator.resources.secret import build_secret
+from fedfleet.operator.resources.secret import build_gateway_secret, build_secret
 from fedfleet.operator.resources.service import build_service
 from fedfleet.operator.resources.storage import build_state_claim
 
@@ -18,6 +18,7 @@ __all__ = [
     "aggregator_config",
     "build_aggregator_pod",
     "build_configmap",
+    "build_gateway_secret",
     "build_role",
     "build_rolebinding",
     "build_secret",

@@ -16,19 +16,24 @@ from fedfleet.api.aggregator_config import (
     AuthSection,
     Endpoint,
     EvaluationData,
+    GatewaySection,
     TlsSection,
     job_manifest,
 )
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.operator import naming
+from fedfleet.operator.config import GatewayLink
 from fedfleet.operator.resources.storage import state_dir
 
 #: What the template listens on until the init step puts the pod's own address in.
 ANY_HOST = "0.0.0.0"
 
 
-def aggregator_config(job: dict[str, Any], spec: FederatedJobSpec) -> AggregatorConfig:
-    """The configuration template of `job`'s aggregator (pure)."""
+def aggregator_config(
+    job: dict[str, Any], spec: FederatedJobSpec, gateway: GatewayLink | None = None
+) -> AggregatorConfig:
+    """The configuration template of `job`'s aggregator (pure); with `gateway`, it publishes the final model
+    there, with the CA and admin token of the job's gateway Secret (mounted at GATEWAY_DIR)."""
     meta = job["metadata"]
     run = Path(naming.RUN_DIR)
     # The fleet in the cluster is the one `fedfleet device-sim` runs from the same spec: spec.simulation says
@@ -45,6 +50,16 @@ def aggregator_config(job: dict[str, Any], spec: FederatedJobSpec) -> Aggregator
         state_dir=Path(state_dir(job)),
         fleet_size=sim.devices,
         evaluation=EvaluationData(dataset=sim.dataset, test_samples=sim.test_samples),
+        gateway=None if gateway is None else gateway_section(gateway),
+    )
+
+
+def gateway_section(gateway: GatewayLink) -> GatewaySection:
+    where = Path(naming.GATEWAY_DIR)
+    return GatewaySection(
+        address=gateway.address,
+        ca_file=where / naming.CA_CERT,
+        admin_token_file=where / naming.GATEWAY_ADMIN_TOKEN,
     )
 
 

@@ -5,7 +5,9 @@
   Only this container mounts the CA key.
 * Container `aggregator`: serves gRPC (TLS, device tokens) and HTTP (/metrics, /healthz, /readyz), checkpoints
   into the state volume, and reports progress by patching its job's status with its own ServiceAccount. The
-  pod carries the `prometheus.io/*` annotations, so Prometheus' pod discovery scrapes its /metrics.
+  pod carries the `prometheus.io/*` annotations, so Prometheus' pod discovery scrapes its /metrics. When the
+  operator knows a fleet gateway, the job's gateway Secret (its CA and admin token) is mounted read-only, and
+  the aggregator publishes the final model there when the job completes.
 
 `restartPolicy: OnFailure`: the aggregator exits 0 once the job is complete (the pod then Succeeds); any other
 exit restarts it in place, and it resumes from its checkpoint. The configuration path is relative to
@@ -50,7 +52,7 @@ def _volumes(job: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]
         if config.state_storage == "pvc"
         else {"emptyDir": {}}
     )
-    return [
+    volumes: list[dict[str, Any]] = [
         {
             "name": "ca",
             "secret": {
@@ -71,6 +73,10 @@ def _volumes(job: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]
         {"name": "run", "emptyDir": {}},
         {"name": "state", **state},
     ]
+    if config.gateway is not None:
+        gateway = {"secretName": naming.gateway_secret_name(name), "defaultMode": 0o400}
+        volumes.append({"name": "gateway", "secret": gateway})
+    return volumes
 
 
 def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -121,6 +127,8 @@ def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfi
             {"name": "state", "mountPath": naming.STATE_DIR},
         ],
     }
+    if config.gateway is not None:
+        aggregator["volumeMounts"].append({"name": "gateway", "mountPath": naming.GATEWAY_DIR, "readOnly": True})
     resources = _resources(spec)
     if resources:
         aggregator["resources"] = resources
