@@ -10,8 +10,9 @@ local process groups. The agent
   the pod spec's command/args/env (incl. fieldRef, configMap/secret refs, envFrom), and its volumes
   (secret, configMap, projected incl. the service-account token from the TokenRequest API, downwardAPI,
   emptyDir, hostPath; a PVC is a directory of the node) under the pod's directory;
-* gives each pod its own address in 127.0.0.0/8 (status.podIP, FEDFLEET_POD_IP), reports phase, container
-  states, restart counts and readiness from the pod's probes, restarts per restartPolicy;
+* gives each pod its own address in 127.0.0.0/8 (status.podIP, FEDFLEET_POD_IP) — the one its annotation
+  `nodeagent.fedfleet.io/pod-ip` names, if any, as a stable address in place of a Service — reports phase,
+  container states, restart counts and readiness from the pod's probes, restarts per restartPolicy;
 * on deletion, SIGTERMs the process groups, SIGKILLs them after the grace period, then removes the pod.
 
 Programs see FEDFLEET_ROOT=<pod dir>: an absolute mountPath such as /var/run/secrets/kubernetes.io/
@@ -48,6 +49,9 @@ from runner import NodeContext, PodRunner, now_rfc3339
 JSON = dict[str, Any]
 log = logging.getLogger("nodeagent")
 
+#: A pod annotated with an address of the pod CIDR always gets that address: the stand-in for a Service's
+#: stable address, which nothing routes here. Its replacement waits until the old pod has let it go.
+PINNED_IP_ANNOTATION = "nodeagent.fedfleet.io/pod-ip"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 AGENT_VERSION = "v1.37.2-fedfleet-nodeagent"
@@ -69,6 +73,7 @@ class IpPool:
         if not net.subnet_of(ipaddress.ip_network("127.0.0.0/8")):  # type: ignore[arg-type]
             raise ValueError(f"--pod-cidr {cidr}: must lie in 127.0.0.0/8 (nothing may be sent elsewhere)")
         self._free = [str(ip) for ip in list(net.hosts())[1:]]  # the first host is left out, like a gateway
+        self._all = frozenset(self._free)
         self._lock = threading.Lock()
 
     def take(self, wanted: str | None = None) -> str:
@@ -79,6 +84,15 @@ class IpPool:
             if not self._free:
                 raise RuntimeError("pod CIDR exhausted")
             return self._free.pop(0)
+
+    def holds(self, ip: str) -> bool:
+        """True when `ip` belongs to the pool (free or taken)."""
+        with self._lock:
+            return ip in self._all
+
+    def is_free(self, ip: str) -> bool:
+        with self._lock:
+            return ip in self._free
 
     def give_back(self, ip: str) -> None:
         with self._lock:
@@ -110,6 +124,7 @@ class Agent:
         self.ips = IpPool(args.pod_cidr)
         self.runners: dict[str, PodRunner] = {}
         self.ips_by_uid: dict[str, str] = {}
+        self.waiting: dict[str, JSON] = {}  # uid -> pod waiting for its pinned address to be free
         self.stopping = threading.Event()
         self._transition: dict[str, str] = {}  # node condition type -> lastTransitionTime
         self._node_uid = ""
@@ -234,6 +249,7 @@ class Agent:
         uid = meta["uid"]
         runner = self.runners.get(uid)
         if event_type == "DELETED":
+            self.waiting.pop(uid, None)
             if runner:
                 runner.stop(0.0, delete=False)
             return
@@ -245,6 +261,7 @@ class Agent:
         if node_name != self.node_name:
             return
         if "deletionTimestamp" in meta:
+            self.waiting.pop(uid, None)
             grace = float(meta.get("deletionGracePeriodSeconds", 30))
             if runner:
                 runner.update(pod)
@@ -261,18 +278,40 @@ class Agent:
             return
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return  # finished before this agent started: never run again
-        ip = self.ips.take(pod.get("status", {}).get("podIP"))
+        pinned = self._pinned_ip(pod)
+        if pinned is not None and not self.ips.is_free(pinned):
+            if uid not in self.waiting:
+                log.info("pod %s/%s waits for its address %s", meta["namespace"], meta["name"], pinned)
+            self.waiting[uid] = pod
+            return
+        self.waiting.pop(uid, None)
+        ip = self.ips.take(pinned or pod.get("status", {}).get("podIP"))
         self.ips_by_uid[uid] = ip
         runner = PodRunner(self.node, pod, ip)
         self.runners[uid] = runner
         log.info("running pod %s/%s at %s", meta["namespace"], meta["name"], ip)
         runner.start()
 
+    def _pinned_ip(self, pod: JSON) -> str | None:
+        wanted = (pod["metadata"].get("annotations") or {}).get(PINNED_IP_ANNOTATION)
+        if wanted is None:
+            return None
+        if not self.ips.holds(wanted):
+            log.warning("pod %s: %s=%r is not an address of the pod CIDR; ignored", pod["metadata"]["name"],
+                        PINNED_IP_ANNOTATION, wanted)  # fmt: skip
+            return None
+        return str(wanted)
+
     def _forget_finished(self) -> None:
+        freed = False
         for uid, runner in list(self.runners.items()):
             if runner.finished.is_set():
                 del self.runners[uid]
                 self.ips.give_back(self.ips_by_uid.pop(uid))
+                freed = True
+        if freed:
+            for pod in list(self.waiting.values()):  # an address they wait for may be free now
+                self.handle("MODIFIED", pod)
 
     def _watch_loop(self) -> None:
         while not self.stopping.is_set():

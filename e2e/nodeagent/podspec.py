@@ -55,15 +55,18 @@ class ImageRule:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _substitute(value: str) -> str:
+def _substitute(value: str, mapdir: Path) -> str:
     # abspath, not resolve(): a venv's python is a symlink, and resolving it would leave the venv.
     python = os.path.abspath(sys.executable)
-    return value.replace("{python}", python).replace("{bindir}", os.path.dirname(python))
+    for name, replacement in (("{python}", python), ("{bindir}", os.path.dirname(python)), ("{mapdir}", str(mapdir))):
+        value = value.replace(name, replacement)
+    return value
 
 
 def load_image_map(path: Path) -> list[ImageRule]:
     """Read and check an image map file; raises ValueError naming the rule and field that is wrong."""
     text = path.read_text()
+    mapdir = path.resolve().parent
     doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError(f"{path}: expected a mapping with a list under 'images'")
@@ -77,13 +80,12 @@ def load_image_map(path: Path) -> list[ImageRule]:
             value = raw.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{where}.{key}: must be a list of strings")
-            lists[key] = tuple(_substitute(v) for v in value)
+            lists[key] = tuple(_substitute(v, mapdir) for v in value)
         env = raw.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ValueError(f"{where}.env: must map names to strings")
-        rules.append(
-            ImageRule(raw["match"], lists["entrypoint"], lists["cmd"], {k: _substitute(v) for k, v in env.items()})
-        )
+        variables = {k: _substitute(v, mapdir) for k, v in env.items()}
+        rules.append(ImageRule(raw["match"], lists["entrypoint"], lists["cmd"], variables))
     return rules
 
 

@@ -111,15 +111,17 @@ def operator_release(
     node_agent: NodeAgent,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    """`helm install` of charts/fedfleet into fedfleet-system; yields once the operator pod is Ready."""
-    from operator_support import OPERATOR_NAMESPACE, RELEASE, helm
+    """`helm install` of charts/fedfleet into fedfleet-system, the fleet gateway included; yields once the
+    operator pod is Ready (and, by `--wait`, the gateway's)."""
+    from operator_support import OPERATOR_NAMESPACE, RELEASE, gateway_values, helm, provide_gateway_volume
 
     home = tmp_path_factory.mktemp("helm")
     chart = REPO / "charts" / "fedfleet"
+    provide_gateway_volume(kube, tmp_path_factory.mktemp("gateway-volume"))
     done = helm(
         control_plane, home, "install", RELEASE, str(chart), f"--namespace={OPERATOR_NAMESPACE}",
         "--create-namespace", "--set", "resyncSeconds=1", "--set", f"prometheus.address={control_plane.prometheus}",
-        "--wait", "--timeout=120s",
+        *gateway_values(POD_CIDR), "--wait", "--timeout=180s",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -26,6 +26,55 @@ EXAMPLE = REPO / "examples" / "federatedjob-cluster.yaml"
 FEDFLEET = Path(sys.executable).parent / "fedfleet"
 
 
+GATEWAY = f"{RELEASE}-gateway"
+GATEWAY_GRPC_PORT = 7443
+#: The node agent's stand-in for the gateway Service's stable address (nothing resolves Service names here).
+PINNED_IP_ANNOTATION = "nodeagent.fedfleet.io/pod-ip"
+#: A second fleet the session's gateway serves, for tests that write its view by hand: the `default` fleet's
+#: view is the rollout controller's, and a hand-written generation there would make its views look stale.
+LAB_FLEET = "lab"
+
+
+def gateway_ip(pod_cidr: str) -> str:
+    """The address the session's gateway pod always gets: the last host of the node agent's pod CIDR."""
+    import ipaddress
+
+    return str(list(ipaddress.ip_network(pod_cidr).hosts())[-1])
+
+
+def gateway_values(pod_cidr: str) -> list[str]:
+    """`helm --set` arguments that make the chart's gateway reachable on the local node agent: a pinned pod
+    address, which aggregators are told as the gateway's address."""
+    ip = gateway_ip(pod_cidr)
+    annotation = PINNED_IP_ANNOTATION.replace(".", "\\.")
+    return [
+        "--set", f"gateway.podAnnotations.{annotation}={ip}",
+        "--set", f"gateway.address={ip}:{GATEWAY_GRPC_PORT}",
+        "--set", f"gateway.fleets={{default,{LAB_FLEET}}}",
+    ]  # fmt: skip
+
+
+def provide_gateway_volume(kube: KubeApi, directory: Path) -> None:
+    """A PersistentVolume bound in advance to the gateway's claim: no storage provisioner runs here, and
+    `helm --wait` waits for claims to be bound. (The node agent keeps a claim's files in a directory of its own.)"""
+    kube.create(
+        "/api/v1/persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{OPERATOR_NAMESPACE}-{GATEWAY}-data"},
+            "spec": {
+                "capacity": {"storage": "5Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(directory)},
+                "claimRef": {"namespace": OPERATOR_NAMESPACE, "name": f"{GATEWAY}-data"},
+            },
+        },
+    )
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without KUBECONFIG: our tools must never fall back to an inherited cluster."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}

@@ -101,10 +101,7 @@ def issue_server_cert(ca: KeyPair, hosts: list[str], validity: dt.timedelta = DE
         .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in dict.fromkeys(hosts)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _private_pem(key))
@@ -122,6 +119,19 @@ def write_tls_files(files: TlsFiles, job: str, hosts: list[str]) -> None:
     atomic_write_bytes(files.server_cert, server.cert_pem)
     atomic_write_bytes(files.server_key, server.key_pem)
     files.server_key.chmod(0o600)
+
+
+def _authority_key_id(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+) -> x509.AuthorityKeyIdentifier:
+    """The CA's own key identifier when its certificate has one: verifiers match a leaf's authority key id to
+    its issuer's subject key id, and CAs made elsewhere derive theirs differently (Go, hence Helm's genCA,
+    truncates SHA-256; `cryptography` hashes the key with SHA-1)."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def read_ca(directory: Path, cert_name: str = "ca.crt", key_name: str = "ca.key") -> KeyPair:

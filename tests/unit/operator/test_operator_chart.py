@@ -4,9 +4,13 @@ fleet gateway it installs runs as the gateway's code expects (rendered with the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import socket
+import ssl
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +170,38 @@ def test_the_gateway_secrets_are_usable_and_fresh_for_each_new_install(tmp_path:
         return {k: base64.b64decode(v) for k, v in secret["data"].items()}
 
     tls = data(first, "fedfleet-gateway-tls")
-    issue_server_cert(KeyPair(tls["ca.crt"], tls["ca.key"]), ["127.0.0.1"])  # the init step can sign with it
+    # What the init step issues with it passes a TLS client that trusts the CA (as devices and aggregators do).
+    leaf = issue_server_cert(KeyPair(tls["ca.crt"], tls["ca.key"]), ["127.0.0.1"])
+    _handshake(tmp_path, tls["ca.crt"], leaf)
     for name, key in (("fedfleet-gateway-token-key", "token.key"), ("fedfleet-gateway-admin", "admin.token")):
         path = tmp_path / key
         path.write_bytes(data(first, name)[key])
         assert len(read_key(path)) == 32  # the hex format `fedfleet token keygen` writes
         assert data(first, name) != data(second, name)  # random per install (upgrades reuse them: lookup)
     assert data(first, "fedfleet-gateway-tls") != data(second, "fedfleet-gateway-tls")
+
+
+def _handshake(tmp_path: Path, ca_pem: bytes, server: KeyPair) -> None:
+    """A TLS handshake over a socket pair: the client trusts `ca_pem` and checks the address 127.0.0.1."""
+    (tmp_path / "leaf.crt").write_bytes(server.cert_pem)
+    (tmp_path / "leaf.key").write_bytes(server.key_pem)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(tmp_path / "leaf.crt", tmp_path / "leaf.key")
+    client = ssl.create_default_context(cadata=ca_pem.decode())
+    near, far = socket.socketpair()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError), serving.wrap_socket(far, server_side=True):
+            pass
+
+    accepted = threading.Thread(target=accept)
+    accepted.start()
+    try:
+        client.wrap_socket(near, server_hostname="127.0.0.1").close()  # raises SSLCertVerificationError
+    finally:
+        near.close()
+        accepted.join(10)
+        far.close()
 
 
 @needs_helm
