@@ -58,12 +58,19 @@ CP_BIN = $(HOME)/.cache/fedfleet/controlplane/v1.37.2/bin
 
 # A local cluster with Prometheus and the operator installed by helm; export the KUBECONFIG it prints to use
 # kubectl, and FEDFLEET_PROMETHEUS for Prometheus' UI and API.
+# The node agent resolves no Service names: the gateway pod gets a fixed address of its pod CIDR (127.0.10.0/24),
+# which aggregators are told. No storage provisioner either: the gateway keeps its artifacts in an emptyDir.
+GATEWAY_IP ?= 127.0.10.254
+
 cluster-up: venv cluster-build
 	$(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent --prometheus
 	HELM_CACHE_HOME=$(CLUSTER_STATE)/helm HELM_CONFIG_HOME=$(CLUSTER_STATE)/helm HELM_DATA_HOME=$(CLUSTER_STATE)/helm \
 	  $(CP_BIN)/helm --kubeconfig $(CLUSTER_STATE)/kubeconfig upgrade --install fedfleet charts/fedfleet \
 	  -n fedfleet-system --create-namespace --wait \
-	  --set prometheus.address=$$(cat $(CLUSTER_STATE)/prometheus/address)
+	  --set prometheus.address=$$(cat $(CLUSTER_STATE)/prometheus/address) \
+	  --set gateway.storage.kind=emptyDir \
+	  --set 'gateway.podAnnotations.nodeagent\.fedfleet\.io/pod-ip=$(GATEWAY_IP)' \
+	  --set gateway.address=$(GATEWAY_IP):7443
 	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_STATE)/kubeconfig PATH=$(CP_BIN):\$$PATH" \
 	  "FEDFLEET_PROMETHEUS=$$(cat $(CLUSTER_STATE)/prometheus/address)"
 
