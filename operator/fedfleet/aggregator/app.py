@@ -256,7 +256,8 @@ def final_outcome(app: AggregatorApp) -> JSON:
 async def publish(app: AggregatorApp, gateway: GatewaySection) -> Publication:
     """Publish the job's final model to the fleet gateway (on a worker thread: it loads the model file and
     blocks on the network, retrying while the gateway is unreachable)."""
-    model = final_model(app.paths.model, app.identity, app.server.round, app.records, app.server.epsilon)
+    server = app.server
+    model = final_model(app.paths.model, app.identity, server.round, app.records, server.epsilon, app.paths.artifact)
     publication = await asyncio.to_thread(publish_final_model, gateway, model)
     if publication.error is not None:
         log.warning("the final model is not published: %s", publication.error)

@@ -24,9 +24,10 @@ from typing import Any
 from fedfleet.api.aggregator_config import GatewaySection
 from fedfleet.api.status import NOT_PUBLISHED_MARK, PublishedModel
 from fedfleet.engine.records import RoundRecord
-from fedfleet.models.artifact import ArtifactError, ModelArtifact, encode
+from fedfleet.models.artifact import ArtifactError, ModelArtifact, decode, encode
 from fedfleet.models.artifact_torch import from_model_file
 from fedfleet.models.canonical import format_time
+from fedfleet.persist.atomic import atomic_write_bytes
 from fedfleet.proto.fleet_admin import PublishError, RetryPolicy, publish_model
 from fedfleet.security.tokens import read_key
 
@@ -44,6 +45,9 @@ class FinalModel:
     round: int
     accuracy: float | None  # the server's accuracy of this model, None when it was not evaluated
     epsilon: float | None
+    #: Where the artifact is kept once built (the state dir), None: build it afresh. The artifact names when
+    #: it was made, so building it again would give other bytes and another digest than the one published.
+    artifact_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,19 @@ class Publication:
 
 
 def final_model(
-    path: Path, job: str, round_number: int, records: Sequence[RoundRecord], epsilon: float | None
+    path: Path,
+    job: str,
+    round_number: int,
+    records: Sequence[RoundRecord],
+    epsilon: float | None,
+    artifact_path: Path | None = None,
 ) -> FinalModel:
     """The final model's facts. Its accuracy is the last round's server evaluation, and only when that round
     produced this model: a job that ended early (its privacy budget) may not have evaluated its last weights,
     and an earlier round's accuracy would describe another model."""
     last = records[-1] if records else None
     accuracy = last.accuracy if last is not None and last.round == round_number else None
-    return FinalModel(path, job, round_number, _unit_interval(accuracy), _non_negative(epsilon))
+    return FinalModel(path, job, round_number, _unit_interval(accuracy), _non_negative(epsilon), artifact_path)
 
 
 def build_artifact(model: FinalModel, created: dt.datetime) -> ModelArtifact:
@@ -89,8 +98,7 @@ def publish_final_model(
     """Build the artifact and publish it (blocking: run it on a worker thread). Never raises for what can go
     wrong on the way — a missing file, an unreachable or refusing gateway: the Publication says it."""
     try:
-        artifact = build_artifact(model, now())
-        data = encode(artifact)
+        artifact, data = package_final_model(model, now)
         ca_pem = gateway.ca_file.read_bytes()
         token = read_key(gateway.admin_token_file).hex()
     except ArtifactError as exc:
@@ -118,6 +126,25 @@ def publish_final_model(
     )
     log.info("published the final model to %s: %s (%d bytes)", gateway.address, digest, len(data))
     return Publication(model=published)
+
+
+def package_final_model(model: FinalModel, now: Callable[[], dt.datetime]) -> tuple[ModelArtifact, bytes]:
+    """The artifact kept from an earlier attempt when it is this model's (same job and round), else a new one,
+    kept for the next attempt. ArtifactError when model.pt cannot be one; OSError when nothing can be written."""
+    kept = model.artifact_path
+    if kept is not None and kept.is_file():
+        data = kept.read_bytes()
+        try:
+            artifact = decode(data)
+        except ArtifactError:
+            artifact = None  # damaged: built again below
+        if artifact is not None and (artifact.metadata.job, artifact.metadata.round) == (model.job, model.round):
+            return artifact, data
+    artifact = build_artifact(model, now())
+    data = encode(artifact)
+    if kept is not None:
+        atomic_write_bytes(kept, data)
+    return artifact, data
 
 
 def with_publication(outcome: JSON, publication: Publication) -> JSON:

@@ -25,6 +25,12 @@ class RunPaths:
         return self.root / "model.pt"
 
     @property
+    def artifact(self) -> Path:
+        """The final model in the published format (models/artifact.py), written once before it is published:
+        a restarted aggregator publishes these very bytes again, so the digest a job reports never changes."""
+        return self.root / "model.artifact"
+
+    @property
     def plot(self) -> Path:
         return self.root / "report.png"
 

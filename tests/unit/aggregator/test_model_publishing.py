@@ -16,6 +16,7 @@ from fedfleet.aggregator.model_publishing import (
     FinalModel,
     Publication,
     final_model,
+    package_final_model,
     publish_final_model,
     with_publication,
 )
@@ -132,3 +133,36 @@ def _section(tmp_path: Path, address: str, ca_pem: bytes, admin_secret: str) -> 
     (tmp_path / "ca.crt").write_bytes(ca_pem)
     write_key(tmp_path / "admin.token", bytes.fromhex(admin_secret))
     return GatewaySection(address=address, ca_file=tmp_path / "ca.crt", admin_token_file=tmp_path / "admin.token")
+
+
+def test_a_restarted_aggregator_publishes_the_same_bytes_again(tmp_path: Path, model_file: Path) -> None:
+    kept = tmp_path / "state" / "model.artifact"
+    later = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+
+    async def publish_twice() -> tuple[Publication, Publication, int]:
+        live = await start_gateway(tmp_path / "gateway")
+        try:
+            gateway = _section(tmp_path, live.target, live.ca_pem, live.admin_secret)
+            model = FinalModel(model_file, "team-a/digits", 3, 0.875, None, kept)
+            first = await asyncio.to_thread(publish_final_model, gateway, model, policy=ONE_TRY, now=lambda: NOW)
+            # The pod restarted after publishing: the model is packaged at another time, but not again.
+            again = await asyncio.to_thread(publish_final_model, gateway, model, policy=ONE_TRY, now=lambda: later)
+            return first, again, len(list((tmp_path / "gateway" / "artifacts" / "sha256").glob("*[0-9a-f]")))
+        finally:
+            await live.app.stop()
+
+    first, again, stored = asyncio.run(publish_twice())
+    assert first.model is not None and again.model is not None
+    assert again.model.digest == first.model.digest and stored == 1
+    assert again.model.published_at == "2031-01-01T00:00:00Z"  # when it was published, this time
+    assert decode(kept.read_bytes()).metadata.created == "2030-05-06T07:08:09Z"
+
+
+def test_a_kept_artifact_of_another_round_or_damaged_is_built_again(tmp_path: Path, model_file: Path) -> None:
+    kept = tmp_path / "model.artifact"
+    round_two, _ = package_final_model(FinalModel(model_file, "j", 2, None, None, kept), lambda: NOW)
+    round_three, data = package_final_model(FinalModel(model_file, "j", 3, None, None, kept), lambda: NOW)
+    assert (round_two.metadata.round, round_three.metadata.round) == (2, 3) and kept.read_bytes() == data
+    kept.write_bytes(data[:-7])
+    rebuilt, again = package_final_model(FinalModel(model_file, "j", 3, None, None, kept), lambda: NOW)
+    assert again == data and rebuilt.metadata.round == 3
