@@ -46,3 +46,9 @@ app.kubernetes.io/component: gateway
 {{- printf "%s.%s.svc:%d" (include "fedfleet.gateway.fullname" .) .Release.Namespace (int .Values.gateway.grpcPort) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The gateway's HTTP port (metrics, artifact descriptions) on the same host as its gRPC address. */}}
+{{- define "fedfleet.gateway.httpAddress" -}}
+{{- $host := regexReplaceAll ":[0-9]+$" (include "fedfleet.gateway.address" .) "" -}}
+{{- printf "http://%s:%d" $host (int .Values.gateway.metricsPort) -}}
+{{- end -}}

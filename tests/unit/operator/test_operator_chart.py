@@ -228,6 +228,7 @@ def test_the_operator_gets_the_gateways_ca_and_admin_token_and_the_fleets_namesp
     (operator,) = pod["containers"]
     args = operator["args"]
     assert "--gateway-address=fedfleet-gateway.fleet-ns.svc:7443" in args
+    assert "--gateway-http-address=http://fedfleet-gateway.fleet-ns.svc:9464" in args  # artifact descriptions
     assert "--gateway-ca=/etc/fedfleet/gateway/ca/ca.crt" in args and "--fleet-namespace=fleet-ns" in args
     volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
     assert volumes["gateway-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the CA's key
@@ -237,10 +238,9 @@ def test_the_operator_gets_the_gateways_ca_and_admin_token_and_the_fleets_namesp
     assert not _allowed(fleets, "", "secrets", "update")  # only the signing keys, by name
     assert any(r.get("resourceNames") == ["fedfleet-fleet-default-signing"] and "update" in r["verbs"] for r in fleets)
     pinned = _render(tmp_path, "gateway.address=127.0.10.250:7443")
-    assert (
-        "--gateway-address=127.0.10.250:7443"
-        in _one(pinned, "Deployment", "fedfleet")["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
+    pinned_args = _one(pinned, "Deployment", "fedfleet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--gateway-address=127.0.10.250:7443" in pinned_args
+    assert "--gateway-http-address=http://127.0.10.250:9464" in pinned_args
     init = _one(pinned, "Deployment", "fedfleet-gateway")["spec"]["template"]["spec"]["initContainers"][0]
     assert "--host=127.0.10.250" in init["args"]  # the address aggregators use is in the certificate
 
