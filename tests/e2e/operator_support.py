@@ -83,11 +83,19 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def kubectl(
-    cp: cluster.ControlPlane, *args: str, stdin: str | None = None, kubeconfig: Path | None = None
+    cp: cluster.ControlPlane,
+    *args: str,
+    stdin: str | None = None,
+    kubeconfig: Path | None = None,
+    with_plugins: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Our own kubectl, by path, with an explicit kubeconfig: never the machine's, never ~/.kube/config."""
+    """Our own kubectl, by path, with an explicit kubeconfig: never the machine's, never ~/.kube/config.
+    `with_plugins` puts the venv's bin first on PATH, where kubectl finds `kubectl-fedfleet`."""
+    env = clean_env()
+    if with_plugins:
+        env["PATH"] = f"{FEDFLEET.parent}{os.pathsep}{env.get('PATH', '')}"
     argv = [str(cp.binary("kubectl")), f"--kubeconfig={kubeconfig or cp.kubeconfig}", *args]
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, env=clean_env(), check=False)
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def helm(cp: cluster.ControlPlane, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

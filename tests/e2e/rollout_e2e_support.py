@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from fedfleet.data.datasets import DatasetName
 from fedfleet.security.signing import PublicKey, TrustedKeys
 from fedfleet.sim.rollout_devices import RolloutFleetSpec
 from fedfleet.sim.rollout_fleet import RolloutFleet, holdout_pool
@@ -32,11 +33,16 @@ class FleetRunner:
         seed: int,
         silent_fraction: float = 0.0,
         fleet: str = "default",
+        dataset: DatasetName = "mnist5k",
+        test_samples: int = 300,
+        split_seed: int = 11,
     ) -> None:
         links = grpc_links(target, fleet=fleet, token_key=token_key, ca_pem=ca_pem, call_seconds=30.0)
         trusted = TrustedKeys(PublicKey.from_text(text) for text in trusted_keys)
         spec = RolloutFleetSpec(devices=devices, seed=seed, silent_fraction=silent_fraction)
-        self.fleet = RolloutFleet(spec, holdout_pool(), links, trusted, report_every_seconds=5.0)
+        # Devices evaluate on the job's held-out split (examples/federatedjob-cluster.yaml: digits, 300, seed 11).
+        pool = holdout_pool(dataset, test_samples, split_seed)
+        self.fleet = RolloutFleet(spec, pool, links, trusted, report_every_seconds=5.0)
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._done = threading.Event()

@@ -1,0 +1,275 @@
+"""ModelRollout on the real control plane, with the real Prometheus and the chart's gateway pod.
+
+One fleet of simulated devices (the real device SDK over gRPC and TLS, with fleet tokens) follows the
+`default` fleet through three rollouts, and every count of who runs what is asked of the devices:
+(a) a FederatedJob completes → a ModelRollout of its model steps 1 → 5 → 25 → 100 with Prometheus analysis
+    → Healthy; at each step the share of devices running the candidate is the weight, and a device that ran
+    the candidate never goes back; `kubectl wait --for=condition=Healthy`, printer columns; re-applying the
+    same manifest changes nothing;
+(b) a deliberately degraded copy fails its first analysis → aborted: connected devices back on the stable
+    version within seconds, devices offline during the abort come back on it, the bad version never beyond
+    the first step;
+(e, f) a rollout held at `pause: {}`: `kubectl fedfleet status/promote/pause/resume`; the operator SIGKILLed
+    and the gateway pod deleted mid-rollout: the same step, the weight never backwards, no device flips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from e2e_support import KubeApi, NodeAgent, cluster, wait_for
+from operator_support import (
+    GATEWAY,
+    GATEWAY_GRPC_PORT,
+    OPERATOR_NAMESPACE,
+    apply,
+    example_job,
+    fleet,
+    gateway_ip,
+    get_job,
+    job_files,
+    kubectl,
+    new_namespace,
+    pid_of,
+    running_pod,
+    wait_job,
+)
+from rollout_e2e_support import FleetRunner, accuracy_metric, rollout_manifest, rollout_status
+
+from fedfleet.models.artifact import ModelArtifact, decode, digest_of, encode
+from fedfleet.proto.fleet_admin import publish_model
+from fedfleet.proto.v1 import gateway_pb2 as pb
+from fedfleet.proto.v1 import gateway_pb2_grpc as rpc
+from fedfleet.security.tokens import fleet_identity, issue_token
+
+pytestmark = pytest.mark.e2e
+
+DEVICES = 500
+JSON = dict[str, Any]
+
+
+def _secret(kube: KubeApi, name: str, key: str) -> bytes:
+    data = kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets/{name}")["data"]
+    return base64.b64decode(data[key])
+
+
+def _share_bound(weight: float, devices: int) -> float:
+    """How far (points) the share may sit from the weight: the issue's ±2, or 3 standard deviations of the
+    binomial share when that is wider (hashed cohorts are random: 25 % of 500 devices has σ ≈ 1.9 points)."""
+    p = weight / 100
+    return max(2.0, 300 * math.sqrt(p * (1 - p) / devices))
+
+
+def _degraded(data: bytes) -> bytes:
+    """The model with its weights drowned in noise: a candidate that must never pass an analysis."""
+    artifact = decode(data)
+    rng = np.random.default_rng(5)
+    noisy = artifact.weights + rng.normal(0, 5 * float(np.std(artifact.weights)) + 1.0, artifact.weights.shape)
+    return encode(ModelArtifact(artifact.header, noisy.astype(np.float32)))
+
+
+def _download(target: str, ca: bytes, token_key: bytes, digest: str) -> bytes:
+    import grpc
+
+    async def fetch() -> bytes:
+        token = issue_token(token_key, fleet_identity("default"), "e2e-tester", 600)
+        async with grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
+            stream = rpc.FleetStub(channel).DownloadArtifact(
+                pb.DownloadArtifactRequest(digest=digest, offset=0),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=60,
+            )
+            return b"".join([chunk.data async for chunk in stream])
+
+    return asyncio.run(fetch())
+
+
+class Follower:
+    """Polls the rollout and the devices together: per weight, the share of online devices on the candidate;
+    per device, whether it ever went from the candidate back to something else."""
+
+    def __init__(self, kube: KubeApi, ns: str, name: str, devices: FleetRunner, candidate: str | None = None) -> None:
+        self.kube, self.ns, self.name, self.devices = kube, ns, name, devices
+        self.candidate = candidate
+        self.max_weight = 0
+        self.shares: dict[int, list[float]] = {}
+        self.ran_candidate: set[str] = set()
+        self.went_back: set[str] = set()
+
+    def poll(self) -> JSON:
+        status = rollout_status(self.kube, self.ns, self.name)
+        candidate = status.get("candidate") or self.candidate
+        running = self.devices.running()
+        online = self.devices.online()
+        if candidate:
+            self.candidate = candidate
+            on = {d for d, v in running.items() if v == candidate}
+            if status.get("phase") != "Degraded":
+                self.went_back |= self.ran_candidate - on - (set(running) - online)
+            self.ran_candidate |= on
+            weight = int(status.get("weight") or 0)
+            self.max_weight = max(self.max_weight, weight)
+            if status.get("reason") == "AnalysisRunning" and online:
+                self.shares.setdefault(weight, []).append(len(on & online) / len(online) * 100)
+        return status
+
+    def until(self, what: str, check: Any, timeout: float) -> JSON:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if check(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {status}")
+            time.sleep(0.5)
+
+
+def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
+    control_plane: cluster.ControlPlane,
+    kube: KubeApi,
+    node_agent: NodeAgent,
+    operator_release: dict[str, Any],
+    prometheus: str,
+    tmp_path: Path,
+) -> None:
+    ip = gateway_ip(node_agent.pod_cidr)
+    target = f"{ip}:{GATEWAY_GRPC_PORT}"
+    ca = _secret(kube, f"{GATEWAY}-tls", "ca.crt")
+    token_key = bytes.fromhex(_secret(kube, f"{GATEWAY}-token-key", "token.key").decode().strip())
+    admin = _secret(kube, f"{GATEWAY}-admin", "admin.token").decode().strip()
+
+    # --- a job trains the model -------------------------------------------------------------------------------
+    ns = new_namespace(kube, "e2e-rollout")
+    job = "digits-fedavg"
+    assert apply(control_plane, ns, example_job(job)).returncode == 0
+    running_pod(kube, ns, job)
+    endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
+    with fleet(endpoint, job_files(kube, ns, job, tmp_path / "trainers"), tmp_path / "trainers.log") as trainers:
+        wait_job(kube, ns, job, "Complete", timeout=180)
+        assert trainers.wait(timeout=60) == 0
+    model = wait_for("status.model", lambda: get_job(kube, ns, job).get("status", {}).get("model"), timeout=120)
+    good = model["digest"]
+
+    # --- (a) the trained model, 1 → 5 → 25 → 100 ----------------------------------------------------------------
+    ready = "fedfleet-fleet-default"
+
+    def trusted_keys() -> list[str] | None:
+        found = kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/{ready}")
+        return found["data"].get("trusted-keys", "").split() or None
+
+    steps = [{"setWeight": w} if i % 2 == 0 else {"analysis": {"metrics": ["accuracy"]}} for i, w in enumerate(
+        [1, 0, 5, 0, 25, 0, 100]
+    )]  # fmt: skip
+    first = rollout_manifest(
+        "digits", {"federatedJob": job}, steps, [accuracy_metric("result >= 0.5", minReportingDevices=2)]
+    )
+    assert apply(control_plane, ns, first).returncode == 0
+    keys = wait_for("the fleet's trusted keys", trusted_keys, timeout=60)
+    devices = FleetRunner(
+        target, token_key=token_key, ca_pem=ca, trusted_keys=keys, devices=DEVICES, seed=3, dataset="digits"
+    )
+    try:
+        follow = Follower(kube, ns, "digits", devices, good)
+        follow.until("Healthy", lambda s: s.get("phase") == "Healthy", timeout=600)
+        for weight in (1, 5, 25):
+            assert follow.shares.get(weight), f"no observation at weight {weight}: {follow.shares}"
+            bound = _share_bound(weight, DEVICES)
+            worst = max(abs(share - weight) for share in follow.shares[weight][-3:])
+            assert worst <= bound, (weight, follow.shares[weight][-3:], bound)
+        assert not follow.went_back, f"{len(follow.went_back)} devices left the candidate mid-rollout"
+        wait_for("every online device on the new stable version", lambda: set(devices.versions(True)) == {good}, 60)
+        waited = kubectl(control_plane, "wait", "-n", ns, "--for=condition=Healthy", "modelrollout/digits",
+                         "--timeout=10s")  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+        table = kubectl(control_plane, "get", "modelrollouts", "-n", ns).stdout
+        assert (
+            "STEP" in table and "WEIGHT" in table and "Healthy" in table and good.removeprefix("sha256:")[:8] in table
+        )
+        before = rollout_status(kube, ns, "digits")
+        assert apply(control_plane, ns, first).returncode == 0  # the same manifest again: nothing changes
+        time.sleep(5)
+        after = rollout_status(kube, ns, "digits")
+        assert (after["revision"], after["weight"], after["phase"]) == (before["revision"], 100, "Healthy")
+
+        # --- (b) a degraded copy: aborted at its first analysis --------------------------------------------------
+        bad_bytes = _degraded(_download(target, ca, token_key, good))
+        bad = publish_model(target, ca, admin, bad_bytes)
+        assert bad == digest_of(bad_bytes)
+        metric = accuracy_metric("result >= baseline - 0.05", baseline="stable", minReportingDevices=2)
+        second = rollout_manifest(
+            "digits-bad", {"artifact": bad}, [{"setWeight": 5}, {"analysis": {"metrics": ["accuracy"]}},
+                                              {"setWeight": 50}, {"setWeight": 100}], [metric],
+        )  # fmt: skip
+        assert apply(control_plane, ns, second).returncode == 0
+        follow = Follower(kube, ns, "digits-bad", devices, bad)
+        follow.until("the bad version on some devices", lambda s: bad in set(devices.versions(True)), timeout=180)
+        away = sorted(d for d, v in devices.running().items() if v == bad)[:3]
+        devices.go_offline(away)
+        follow.until("the abort", lambda s: s.get("phase") == "Degraded", timeout=300)
+        aborted_at = time.monotonic()
+        wait_for("every connected device back on stable", lambda: set(devices.versions(True)) == {good}, timeout=30)
+        back = time.monotonic() - aborted_at
+        assert back < 5.0 + 1.0, f"devices took {back:.1f}s to go back (polling adds up to 0.5 s)"
+        assert follow.max_weight <= 5
+        devices.come_online(away)
+        wait_for("the offline devices back on stable", lambda: all(
+            v == good for d, v in devices.running().items() if d in away
+        ), timeout=120)  # fmt: skip
+        status = rollout_status(kube, ns, "digits-bad")
+        assert status["weight"] == 0 and status["reason"] in ("AnalysisFailed", "AnalysisError")
+
+        # --- (e, f) a held rollout, steered with kubectl fedfleet, through an operator kill and a gateway restart --
+        held = rollout_manifest(
+            "digits-held",
+            {"artifact": bad},
+            [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+            [metric],
+        )
+        # Its own conditions are never measured here (no analysis step): the steps are what is under test.
+        assert apply(control_plane, ns, held).returncode == 0
+        follow = Follower(kube, ns, "digits-held", devices, bad)
+        follow.until("the pause", lambda s: s.get("phase") == "Paused" and s.get("weight") == 10, timeout=120)
+        shown = kubectl(control_plane, "fedfleet", "-n", ns, "status", "digits-held", with_plugins=True)
+        assert shown.returncode == 0 and "Weight:    10%" in shown.stdout, shown.stdout + shown.stderr
+        wait_for("the canary on its devices", lambda: bad in set(devices.versions(True)), timeout=60)
+        snapshot = devices.running()
+
+        # The operator dies: a new one continues at the same step, and no device changes what it runs.
+        operator_pod = operator_release["find_pod"]()
+        old_pid = pid_of(node_agent, operator_pod, "operator")
+        os.kill(old_pid, signal.SIGKILL)
+
+        def operator_back() -> bool:
+            pod = operator_release["find_pod"]()
+            return pod is not None and pid_of(node_agent, pod, "operator") != old_pid
+
+        wait_for("the operator restarted and ready", operator_back, timeout=120)
+        # The gateway pod goes: its replacement reads the fleet's view again; devices keep what they run.
+        pods = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+        gateway_pods = kube.get(pods, labelSelector="app.kubernetes.io/component=gateway")["items"]
+        kube.delete(f"{pods}/{gateway_pods[0]['metadata']['name']}")
+        time.sleep(15)
+        status = follow.poll()
+        assert (status["phase"], status["weight"], status["stepIndex"]) == ("Paused", 10, 1)
+        now = devices.running()
+        flipped = [d for d in snapshot if snapshot[d] is not None and now[d] is not None and now[d] != snapshot[d]]
+        assert not flipped, f"{len(flipped)} devices changed version while nothing changed: {flipped[:5]}"
+
+        promoted = kubectl(control_plane, "fedfleet", "-n", ns, "promote", "digits-held", with_plugins=True)
+        assert promoted.returncode == 0, promoted.stderr
+        follow.until("Healthy after promote", lambda s: s.get("phase") == "Healthy", timeout=120)
+        events = kube.get(f"/api/v1/namespaces/{ns}/events", fieldSelector="involvedObject.name=digits-held")
+        reasons = {e["reason"] for e in events["items"]}
+        assert {"WeightSet", "WaitingForPromotion", "Promoted", "RolloutCompleted"} <= reasons, reasons
+        assert not devices.errors(), devices.errors()
+    finally:
+        devices.stop()
