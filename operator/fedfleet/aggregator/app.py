@@ -161,7 +161,9 @@ class AggregatorApp:
         return self.journal.records
 
     def _ready(self) -> bool:
-        return self.hub.serving and not self.hub.stopping and not self.hub.done
+        # Still ready once the job is done: during the farewell devices must reach this pod (through a Service
+        # too, which sends traffic to ready pods only) to hear that the job ended. Not ready once it stops.
+        return self.hub.serving and not self.hub.stopping
 
     async def start(self) -> None:
         """Restore state, then listen. Raises CheckpointError for a state dir of another job."""
