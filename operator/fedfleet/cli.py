@@ -4,6 +4,12 @@ Exit status: 0 success, 1 the job failed while running, 2 bad input (manifest, a
 3 stopped before the end (the state dir resumes it). For `fedfleet rollout`: 0 Healthy, 1 aborted
 (Degraded), 2 bad input, 3 stuck (still paused or progressing after --max-minutes of simulated time).
 Bad input is reported as one line naming the field and the rule, never as a traceback.
+
+`fedfleet device-sim` exits 0 when every device heard the job is done; 2 when the aggregator refused devices
+for good (their tokens: --token-key or --job is not the aggregator's); 1 when devices gave up on an
+aggregator that answered nothing for --give-up-after, or failed otherwise; 130 when interrupted. It prints
+one line per way devices ended, with the first device's story. A slow aggregator is none of these: calls
+that run out of time are tried again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedfleet.api.federatedjob import FederatedJob
     from fedfleet.runtime.job_run import JobRun
+    from fedfleet.sim.network_fleet import FleetReport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -138,7 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--devices", type=_count, help="run the first N devices of the fleet (default: all)")
     sim.add_argument("--time-scale", type=_positive, default=1.0, help="wall seconds per simulated second")
     sim.add_argument("--workers", type=_count, default=2, help="training threads")
-    sim.add_argument("--give-up-after", type=_positive, default=120.0, help="seconds without an answer")
+    sim.add_argument(
+        "--give-up-after",
+        type=_positive,
+        help="seconds the aggregator may answer nothing at all before a device gives up (default: two of the "
+        "job's round deadlines at --time-scale, at least 120)",
+    )
+    sim.add_argument(
+        "--call-timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds the first try of a short call waits for its answer; each try that runs out of time "
+        "waits twice as long as the one before (default: 10)",
+    )
     sim.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sim.set_defaults(handler=_cmd_device_sim)
 
@@ -526,7 +545,7 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
         return _fail(f"{args.ca}: cannot read: {exc.strerror or exc}")
     _logging(args.log_level)
     from fedfleet.runtime.threads import configure_torch_threads
-    from fedfleet.sim.network_fleet import FleetSettings, render_report, run_fleet
+    from fedfleet.sim.network_fleet import FleetSettings, render_failures, render_report, run_fleet
 
     configure_torch_threads()
     settings = FleetSettings(
@@ -537,13 +556,33 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         workers=args.workers,
         give_up_after=args.give_up_after,
+        call_timeout=args.call_timeout,
     )
     try:
         report = asyncio.run(run_fleet(job, settings))
     except ValueError as exc:
         return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted before the job's end", 130)
     print(render_report(report))
-    return EXIT_OK if report.completed == report.devices else EXIT_FAILED
+    for line in render_failures(report):
+        print(f"fedfleet: {line}", file=sys.stderr)
+    return fleet_exit_code(report)
+
+
+def fleet_exit_code(report: FleetReport) -> int:
+    """device-sim's exit status (see the module docstring): what is wrong first — the input, then the run;
+    devices stopped from outside (`run_fleet`'s `stop`) before the end make it 3."""
+    from fedfleet.sim.network_fleet import DeviceEnd
+
+    ends = report.ends
+    if ends[DeviceEnd.DONE] == report.devices:
+        return EXIT_OK
+    if ends[DeviceEnd.REFUSED]:
+        return EXIT_BAD_INPUT
+    if ends[DeviceEnd.GAVE_UP] or ends[DeviceEnd.FAILED]:
+        return EXIT_FAILED
+    return EXIT_STOPPED
 
 
 def _cmd_token_keygen(args: argparse.Namespace) -> int:

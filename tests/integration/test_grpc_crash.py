@@ -6,22 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from aggregator_process import FEDFLEET, free_port, get, start_aggregator, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from busy_machine import MachineSpeed
 from fedfleet.persist.checkpoint import load_checkpoint
 
-FEDFLEET = Path(sys.executable).with_name("fedfleet")
 ROUNDS = 14
 #: Wall seconds per job second on an idle machine (a 20 s deadline is 1 s), stretched by the measured slowdown:
 #: the aggregator and the fleet do real training and TLS inside every round's deadline.
@@ -48,23 +43,6 @@ spec:
 pytestmark = pytest.mark.xdist_group("fixed-ports")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, ""
-    except OSError:
-        return 0, ""
-
-
 def gauges(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -72,22 +50,6 @@ def gauges(text: str) -> dict[str, float]:
             key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
             out[key] = s.value
     return out
-
-
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_aggregator(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [str(FEDFLEET), "aggregator", "--config", str(config)], stdout=sink, stderr=sink, start_new_session=True
-        )
 
 
 @pytest.mark.slow

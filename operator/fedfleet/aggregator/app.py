@@ -30,6 +30,7 @@ from fedfleet.security.certs import TlsFiles, write_tls_files
 from fedfleet.security.tokens import TokenVerifier, new_key, read_key, write_key
 
 from .evaluation import ServerEvaluator
+from .farewell import Farewell
 from .guarded_handlers import MalformedCounter, MessageLimits, add_guarded_servicer, malformed_counter, message_limits
 from .hub import DeviceHub, HubSettings
 from .inputs import JobInputs, load_inputs
@@ -45,6 +46,8 @@ log = logging.getLogger("fedfleet.aggregator")
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
 #: How long in-flight calls may finish once shutdown starts.
 SHUTDOWN_GRACE_SECONDS = 2.0
+#: How often the farewell checks whether every device that may be waiting has been told DONE.
+FAREWELL_CHECK_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class AggregatorApp:
             self.privacy_metrics = PrivacyExporter(self.registry, job, self.server)
         self.hub = DeviceHub(self.identity, job.spec, self.server, self.inputs.model.layout(), self.metrics, settings)
         self.end: RunEnd | None = None
+        self.saw_every_device = True  # until `start` finds a checkpoint: rounds ran in a process before this one
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http = HttpEndpoints(self.registry, ready=self._ready)
@@ -158,14 +162,20 @@ class AggregatorApp:
         return self.journal.records
 
     def _ready(self) -> bool:
-        return self.hub.serving and not self.hub.stopping and not self.hub.done
+        # Still ready once the job is done: during the farewell devices must reach this pod (through a Service
+        # too, which sends traffic to ready pods only) to hear that the job ended. Not ready once it stops.
+        return self.hub.serving and not self.hub.stopping
 
     async def start(self) -> None:
         """Restore state, then listen. Raises CheckpointError for a state dir of another job."""
         ckpt = self.journal.prepare(resume=True)  # a pod (re)started on its volume always continues
         if ckpt is not None:
             self.server.restore(ckpt)
-            log.info("resuming %s after round %d", self.identity, ckpt.round)
+            self.saw_every_device = False
+            if self.server.done:
+                log.info("%s is already complete after round %d: telling devices it is done", self.identity, ckpt.round)
+            else:
+                log.info("resuming %s after round %d", self.identity, ckpt.round)
         self.hub.restored()
         self.metrics.seed(self.job.spec.rounds, self.server.round, self.server.totals.to_json())
         if self.privacy_metrics is not None:
@@ -220,12 +230,25 @@ class AggregatorApp:
         self.inputs.model.save(self.paths.model, self.server.weights, self.server.round)
         self.journal.write_summary(self.job.metadata.name, self.server.totals.to_json(), self.end)
 
+    def farewell(self) -> Farewell:
+        return Farewell.for_job(
+            self.job.spec,
+            time_scale=self.config.time_scale,
+            linger_seconds=self.config.linger_seconds,
+            fleet_size=self.inputs.fleet_size,
+            saw_every_device=self.saw_every_device,
+        )
+
     async def linger(self) -> None:
-        """After the end, keep answering DONE until every connected device heard it (or the time is up)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + self.config.linger_seconds
-        while loop.time() < end and not self.hub.stopping and not self.hub.all_told_done():
-            await asyncio.sleep(0.05)
+        """After the end, keep answering DONE until every device that may still ask has heard it, or the
+        farewell's window is over (see aggregator.farewell); also when this process started on a finished run."""
+        farewell, hub = self.farewell(), self.hub
+        started = hub.clock()
+        while not hub.stopping and not farewell.over(
+            elapsed=hub.clock() - started, told=hub.told_done, every_known_device_told=hub.all_told_done()
+        ):
+            await asyncio.sleep(FAREWELL_CHECK_SECONDS)
+        log.info("told %d devices the job is done after %.1fs", hub.told_done, hub.clock() - started)
 
     def request_stop(self) -> None:
         log.info("shutting down")

@@ -19,7 +19,6 @@ class DeviceState:
     last_seen: float = 0.0
     polling: int = 0  # long-polls in progress
     busy_round: int = 0  # the round whose task the device was handed and has not come back from
-    told_done: bool = False
 
 
 class DeviceRegistry:

@@ -124,6 +124,8 @@ class DeviceHub:
         self._progress = asyncio.Event()  # wakes the round loop: an upload, report or check-in arrived
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
         self._open_uploads: set[tuple[str, int]] = set()  # (device, round) of the streams being received
+        # Devices this process told the job is done. Only authenticated ids get here, one per device token.
+        self._told_done: set[str] = set()
 
     # ---- what the round loop changes ---------------------------------------------------------------------
 
@@ -159,7 +161,8 @@ class DeviceHub:
         self.tasks_changed()
 
     def restored(self) -> None:
-        """The server was restored from a checkpoint: serve its model."""
+        """The server was restored from a checkpoint: serve its model; a finished job's is final, and every
+        device that asks is told DONE from the start."""
         self.snapshot = self._snapshot()
         self.done = self.server.done
 
@@ -201,11 +204,18 @@ class DeviceHub:
             now=now,
         )
         self.registry.heard_from(state, request.availability.available, request.availability.for_round, now)
+        if self.done:
+            self._told_done.add(device_id)  # its CheckInResponse says job_done
         self.progress()
         return state
 
     async def next_task(self, device_id: str, availability: pb.Availability, wait_seconds: float) -> TaskView:
         state = self.registry.get(device_id)
+        if state is None and self.done:
+            # A device back after the end, perhaps after a restart of this aggregator that forgot it: the
+            # answer is DONE, not "check in first" — there is nothing left to check in for.
+            self._told_done.add(device_id)
+            return TaskView(TaskKind.DONE, self.next_round)
         if state is None:
             raise DeviceUnknown(f"device {device_id} has not checked in; call CheckIn first")
         end = self.clock() + min(max(wait_seconds, 0.0), self.settings.poll_seconds)
@@ -315,7 +325,12 @@ class DeviceHub:
 
     def all_told_done(self) -> bool:
         """Every device that checked in since this process started has been told the job is done."""
-        return all(d.told_done for d in self.registry.all())
+        return all(d.device_id in self._told_done for d in self.registry.all())
+
+    @property
+    def told_done(self) -> int:
+        """Devices this process has told the job is done."""
+        return len(self._told_done)
 
     # ---- internals -------------------------------------------------------------------------------------
 
@@ -332,7 +347,7 @@ class DeviceHub:
 
     def _task_for(self, state: DeviceState) -> TaskView:
         if self.done:
-            state.told_done = True
+            self._told_done.add(state.device_id)
             return TaskView(TaskKind.DONE, self.next_round)
         if not state.consent:
             return TaskView(TaskKind.WAIT, self.next_round)
@@ -376,6 +391,10 @@ class DeviceHub:
             )
         elif current is not None:
             target = current
+        elif self.done:
+            raise UpdateRejected(
+                RejectReason.ROUND_CLOSED, f"the job is done: round {round_number} is closed and no round will open"
+            )
         else:
             raise UpdateRejected(
                 RejectReason.WRONG_ROUND,

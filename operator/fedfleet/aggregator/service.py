@@ -8,6 +8,7 @@ domain's reasons are translated into the protocol's here).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,6 +96,41 @@ TOKEN_REFUSALS: dict[TokenProblem, Refusal] = {
     TokenProblem.WRONG_JOB: Refusal.TOKEN_WRONG_JOB,
     TokenProblem.EXPIRED: Refusal.TOKEN_EXPIRED,
 }
+
+
+#: Refusals decided from an upload's header, for a device that follows the protocol but is out of step (its
+#: round closed, the job runs secure aggregation). Before refusing one of these the server reads the rest of
+#: the stream, bounded below: a grpc aio client still writing when the server ends the call may report
+#: "INTERNAL: Internal error from Core" instead of the server's status (grpc/grpc#36066), and the device
+#: must learn the reason. Refusals of hostile streams (busy, stalled, too large, corrupt) are not drained.
+DRAINED_REJECTIONS = frozenset(
+    {
+        RejectReason.NOT_IN_COHORT,
+        RejectReason.WRONG_ROUND,
+        RejectReason.DUPLICATE,
+        RejectReason.ROUND_CLOSED,
+        RejectReason.SECURE_ONLY,
+    }
+)
+#: How long and how much the server reads of a stream it is going to refuse: one update's worth, briefly.
+DRAIN_SECONDS = 5.0
+
+
+async def drain(chunks: AsyncIterator[Any], max_bytes: int, seconds: float = DRAIN_SECONDS) -> bool:
+    """Read what the client still sends, up to `max_bytes` and `seconds`; True when it half-closed in time."""
+
+    async def read() -> bool:
+        received = 0
+        async for chunk in chunks:
+            received += chunk.ByteSize()
+            if received > max_bytes:
+                return False
+        return True
+
+    try:
+        return await asyncio.wait_for(read(), seconds)
+    except (TimeoutError, grpc.RpcError, StopAsyncIteration):
+        return False
 
 
 async def _abort(context: Any, code: grpc.StatusCode, message: str, reason: Refusal) -> NoReturn:
@@ -211,6 +247,8 @@ class AggregatorService:
             result = await self._coordinator.upload(device_id, request_iterator)
         except UpdateRejected as err:
             refusal = REJECTION_REFUSALS[err.reason]
+            if err.reason in DRAINED_REJECTIONS:
+                await drain(request_iterator, self._coordinator.max_update_bytes + self._chunk_bytes)
             await _abort(context, REJECTION_CODES[err.reason], f"update rejected ({refusal}): {err.message}", refusal)
         self._observe("UploadUpdate", started)
         return pb.UploadResponse(

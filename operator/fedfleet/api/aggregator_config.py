@@ -130,7 +130,13 @@ class AggregatorConfig(_Section):
     settle_seconds: float = Field(2.0, ge=0, le=3600, description="longest wait for devices to refresh availability")
     poll_seconds: float = Field(10.0, gt=0, le=300, description="longest GetTask long-poll")
     device_ttl_seconds: float = Field(60.0, gt=0, le=86400, description="a silent device counts as gone after this")
-    linger_seconds: float = Field(5.0, ge=0, le=3600, description="keep telling devices DONE after the job ends")
+    linger_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="after the job ends, keep telling devices DONE for this long beyond a round's deadline (in wall "
+        "seconds), unless every device that may still ask has heard it",
+    )
     upload_idle_seconds: float = Field(
         30.0, gt=0, le=3600, description="an upload stream that sends nothing for this long is dropped"
     )

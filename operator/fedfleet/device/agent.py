@@ -3,7 +3,11 @@
 A `Trainer` does the local work (fedfleet.device.torch_trainer trains a torch model on local arrays; the
 simulated fleet adds heterogeneity and dropouts). The agent owns the protocol: it re-checks-in when the
 aggregator no longer knows it (after a restart), backs off with jitter while the aggregator is down, skips
-an upload whose deadline has passed, and stops when the job is done.
+an upload whose deadline has passed, and stops when the job is done — whichever aggregator process says so.
+
+It stops early on two conditions only: the aggregator refused it for good (its token), or the aggregator
+answered nothing for the client's whole `give_up_after` (AggregatorUnreachable). A call that ran out of time
+or of its task's deadline is not one of them: the device asks for its next task.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from fedfleet.models.vector import Vector
 from fedfleet.proto import codec
 from fedfleet.proto.refusals import Refusal
 
-from .client import AggregatorError, Capabilities, DeviceClient, Model, Task
+from .client import AggregatorError, AggregatorUnreachable, Capabilities, DeviceClient, Model, Task
 from .retry import Backoff
 from .secure import SecureRoundRefusedByDevice, SecureSession, SentRounds, left_round
 from .training import EvalResult, LocalResult
@@ -95,8 +99,8 @@ class DeviceAgent:
         self.next_round = 0
         self.poll_seconds = 10.0
         self._model: Model | None = None
-        self._last_contact = time.monotonic()
         self._backoff = Backoff()
+        self._delays = self._backoff.delays()  # grows while calls keep failing; new after each task
         self._sent_secure = SentRounds()
         self.doing = "starting"  # what the agent is doing now, for the note on a failure that ends `run`
 
@@ -122,7 +126,7 @@ class DeviceAgent:
                     wait_seconds=self.poll_seconds,
                 )
                 self.next_round = task.next_round
-                self._last_contact = time.monotonic()
+                self._delays = self._backoff.delays()
                 await self._do(task, stop)
             except AggregatorError as err:
                 await self._recover(err)
@@ -137,6 +141,9 @@ class DeviceAgent:
         self.stats.check_ins += 1
         self.poll_seconds = result.poll_seconds or self.poll_seconds
         self.stats.done = result.job_done
+        if result.job_done:
+            log.info("%s: the job is done", self.client.device_id)
+            return
         if result.next_round != self.next_round:
             self.next_round = result.next_round
             # Availability was judged for another round: say it again for the right one.
@@ -149,20 +156,18 @@ class DeviceAgent:
                 )
 
     async def _recover(self, err: AggregatorError) -> None:
-        if err.code in FATAL_CODES:
+        if err.code in FATAL_CODES or isinstance(err, AggregatorUnreachable):
             raise err
         if err.reason == Refusal.NOT_CHECKED_IN:
             log.info("%s: unknown to the aggregator (restarted?): checking in again", self.client.device_id)
             await self._check_in()  # the aggregator restarted and forgot this device
             return
         if err.transient:
-            # A call ran out of retries (an upload, at its task's deadline): keep going until the aggregator
-            # has been silent for the client's whole patience, then give up.
-            if time.monotonic() - self._last_contact > self.client.give_up_after:
-                raise err
+            # A call ran out of its task's deadline (an upload, a download): ask for the next task. Whether
+            # the aggregator is gone is the client's call (AggregatorUnreachable), on its silence alone.
             log.info("%s: %s; retrying", self.client.device_id, err)
             self.doing = f"backing off after {err}"
-            await asyncio.sleep(next(self._backoff.delays()))
+            await asyncio.sleep(next(self._delays))
             return
         if err.reason is not None and err.code != grpc.StatusCode.NOT_FOUND:
             self.stats.rejected[err.reason] = self.stats.rejected.get(err.reason, 0) + 1

@@ -10,8 +10,10 @@
 
 `DeviceAgent` (fedfleet.device.agent) runs that loop for you. Every call retries transient failures
 (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) with exponential backoff and full jitter, never past the task's
-deadline; other failures raise `AggregatorError` with the status code, the server's message and its
-machine-readable reason.
+deadline; a try that ran out of time is followed by one that waits longer (a slow aggregator is slow, not
+gone). Only an aggregator that answered nothing for `give_up_after` seconds in a row ends a call with
+`AggregatorUnreachable` (fedfleet.device.reachability); other failures raise `AggregatorError` with the
+status code, the server's message and its machine-readable reason.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ from fedfleet.proto.task_kinds import TaskKind
 from fedfleet.proto.v1 import aggregator_pb2 as pb
 from fedfleet.proto.v1 import aggregator_pb2_grpc as pb_grpc
 
+from .reachability import UNANSWERED_CODES, Reachability, TryTimeouts
 from .retry import Backoff
 
 T = TypeVar("T")
 log = logging.getLogger("fedfleet.device")
 
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED})
-#: Extra time a long-poll call gets beyond the wait it asks for, before the client gives up on it.
-POLL_MARGIN_SECONDS = 5.0
-#: One attempt of a short call. Calls wait for the connection (wait_for_ready) instead of failing fast while
-#: the channel is down: a channel whose server restarted can keep failing fast on its stale error for a while.
+#: The first try of a short call waits this long for its answer, and a long-poll this long beyond the wait it
+#: asks for; each try that runs out of time doubles it. Calls wait for the connection (wait_for_ready) instead
+#: of failing fast while the channel is down: a channel whose server restarted can keep failing fast on its
+#: stale error for a while, and a call already waiting goes out the moment the aggregator is back.
 CALL_TIMEOUT_SECONDS = 10.0
+#: The shortest deadline a try is given, so that a try never starts already expired.
+MIN_TRY_SECONDS = 0.001
 
 
 class AggregatorError(Exception):
@@ -68,6 +73,21 @@ class AggregatorError(Exception):
             if key == refusals.ERROR_KEY and isinstance(value, str):
                 reason = refusals.parse(value)
         return cls(err.code(), err.details() or "", reason)
+
+
+class AggregatorUnreachable(AggregatorError):
+    """The aggregator answered nothing, not even a refusal, for the client's whole `give_up_after`: the one
+    transient failure that is final. `last` is the error of the last try."""
+
+    def __init__(self, target: str, silent_seconds: float, give_up_after: float, last: AggregatorError) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            f"no answer from the aggregator at {target} for {silent_seconds:.0f}s (the limit is "
+            f"{give_up_after:.0f}s); the last try ended in {last}",
+        )
+        self.target = target
+        self.silent_seconds = silent_seconds
+        self.last = last
 
 
 @dataclass(frozen=True)
@@ -146,17 +166,30 @@ class DeviceClient:
         backoff: Backoff | None = None,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         give_up_after: float = 300.0,
+        call_timeout: float = CALL_TIMEOUT_SECONDS,
         options: Sequence[tuple[str, Any]] = (),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`give_up_after`: seconds the aggregator may answer nothing at all before a call gives up (it may be
+        restarting); `call_timeout`: how long the first try of a short call waits (see CALL_TIMEOUT_SECONDS);
+        `clock` and `sleep` (monotonic seconds) are injectable for tests."""
+        if not call_timeout > 0:
+            raise ValueError(f"call_timeout must be greater than 0 seconds, got {call_timeout}")
+        self.target = target
         self.device_id = device_id
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._backoff = backoff or Backoff()
         self._chunk_bytes = chunk_bytes
-        self.give_up_after = give_up_after
+        self.call_timeout = call_timeout
+        self._clock = clock
+        self._sleep = sleep
+        self.reachability = Reachability(give_up_after, clock)
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options(options))
         self.stub = pb_grpc.AggregatorStub(self._channel)
         self.retries = 0  # transient failures retried so far
+        self.retried: dict[str, int] = {}  # the same, by status code name
         self.check_in_seconds: list[float] = []  # latency of each successful check-in, retries included
 
     async def __aenter__(self) -> DeviceClient:
@@ -172,6 +205,10 @@ class DeviceClient:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
+    @property
+    def give_up_after(self) -> float:
+        return self.reachability.give_up_after
+
     async def check_in(
         self, *, consent: bool, capabilities: Capabilities, available: bool = True, for_round: int = 0
     ) -> CheckInResult:
@@ -186,14 +223,14 @@ class DeviceClient:
             availability=pb.Availability(available=available, for_round=for_round),
         )
 
-        async def call() -> pb.CheckInResponse:
+        async def call(timeout: float) -> pb.CheckInResponse:
             response: pb.CheckInResponse = await self.stub.CheckIn(
-                request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True
+                request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
             )
             return response
 
         started = time.perf_counter()
-        r = await self._retrying(call)
+        r = await self._retrying(call, expected=0.0)
         self.check_in_seconds.append(time.perf_counter() - started)
         return CheckInResult(r.job, r.next_round, r.total_rounds, r.job_done, r.poll_seconds)
 
@@ -204,29 +241,27 @@ class DeviceClient:
             availability=pb.Availability(available=available, for_round=for_round), wait_seconds=wait_seconds
         )
 
-        async def call() -> pb.Task:
+        async def call(timeout: float) -> pb.Task:
             task: pb.Task = await self.stub.GetTask(
-                request, metadata=self._metadata, timeout=wait_seconds + POLL_MARGIN_SECONDS, wait_for_ready=True
+                request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
             )
             return task
 
-        t = await self._retrying(call)
+        t = await self._retrying(call, expected=wait_seconds)
         training = None
         if t.HasField("training"):
             tc = t.training
             training = TrainingConfig(tc.local_epochs, tc.batch_size, tc.learning_rate, tc.proximal_mu)
-        deadline = (
-            time.monotonic() + t.deadline_seconds if t.kind in (pb.Task.TRAIN, pb.Task.EVALUATE) else float("inf")
-        )
+        deadline = self._clock() + t.deadline_seconds if t.kind in (pb.Task.TRAIN, pb.Task.EVALUATE) else float("inf")
         secure = t.secure_aggregation if t.HasField("secure_aggregation") else None
         return Task(_task_kind(t.kind), t.next_round, t.round, t.model_version, training, deadline, secure)
 
     async def download_model(self, version: int, deadline: float | None = None) -> Model:
-        async def call() -> Model:
+        async def call(timeout: float) -> Model:
             stream = self.stub.DownloadModel(
                 pb.DownloadModelRequest(model_version=version),
                 metadata=self._metadata,
-                timeout=self._timeout(deadline),
+                timeout=timeout,
                 wait_for_ready=True,
             )
             header: pb.ModelHeader | None = None
@@ -268,10 +303,8 @@ class DeviceClient:
         )
         deadline = task.deadline if task.deadline != float("inf") else None
 
-        async def call() -> pb.UploadResponse:
-            return await self.send_upload(
-                update_messages(header, payload, self._chunk_bytes), timeout=self._timeout(deadline)
-            )
+        async def call(timeout: float) -> pb.UploadResponse:
+            return await self.send_upload(update_messages(header, payload, self._chunk_bytes), timeout=timeout)
 
         r = await self._retrying(call, deadline)
         return UploadReceipt(r.result == pb.UploadResponse.ACCEPTED, r.round, r.next_round)
@@ -293,14 +326,14 @@ class DeviceClient:
             model_version=task.model_version, num_examples=num_examples, loss=loss, accuracy=accuracy
         )
 
-        async def call() -> pb.ReportEvaluationResponse:
+        async def call(timeout: float) -> pb.ReportEvaluationResponse:
             r: pb.ReportEvaluationResponse = await self.stub.ReportEvaluation(
-                request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True
+                request, metadata=self._metadata, timeout=timeout, wait_for_ready=True
             )
             return r
 
         deadline = task.deadline if task.deadline != float("inf") else None
-        return (await self._retrying(call, deadline)).accepted
+        return (await self._retrying(call, deadline, expected=0.0)).accepted
 
     # ---- secure aggregation: each stage call returns when the server has closed that stage ---------------
 
@@ -317,12 +350,12 @@ class DeviceClient:
         masked-input stage has closed."""
         header = pb.MaskedInputHeader(round=round_number, total_bytes=len(masked), complaints=list(complaints))
 
-        async def call() -> pb.UnmaskRequest:
+        async def call(timeout: float) -> pb.UnmaskRequest:
             try:
                 reply: pb.UnmaskRequest = await self.stub.UploadMaskedInput(
                     masked_input_messages(header, masked, self._chunk_bytes),
                     metadata=self._metadata,
-                    timeout=self._timeout(deadline),
+                    timeout=timeout,
                     wait_for_ready=True,
                 )
             except grpc.aio.AioRpcError as err:
@@ -338,36 +371,65 @@ class DeviceClient:
         """One secure-aggregation call, resent after a lost connection (the server takes an identical message
         twice as once) until `deadline`."""
 
-        async def call() -> T:
-            return await method(request, metadata=self._metadata, timeout=self._timeout(deadline), wait_for_ready=True)
+        async def call(timeout: float) -> T:
+            return await method(request, metadata=self._metadata, timeout=timeout, wait_for_ready=True)
 
         return await self._retrying(call, deadline)
 
-    def _timeout(self, deadline: float | None) -> float:
-        if deadline is None:
-            return self.give_up_after
-        return max(0.001, deadline - time.monotonic())
+    async def _retrying(
+        self, call: Callable[[float], Awaitable[T]], deadline: float | None = None, *, expected: float | None = None
+    ) -> T:
+        """Run `call(timeout)` until it is answered, trying again after transient failures.
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
-        """Run `call`, retrying transient failures with backoff until `deadline` or `give_up_after`."""
-        give_up = time.monotonic() + self.give_up_after
-        stop = give_up if deadline is None else min(deadline, give_up)
+        `expected` is what the server may take by design (0 for a short call, the wait of a long-poll): each
+        try then waits that plus a margin that doubles after every try that ran out of time. None: a try waits
+        until `deadline`. Gives up with the last error once `deadline` has passed, and with
+        AggregatorUnreachable once the aggregator has answered nothing for `give_up_after`."""
+        timeouts = TryTimeouts(expected, self.call_timeout) if expected is not None else None
         delays = self._backoff.delays()
         while True:
+            started = self._clock()
             try:
-                return await call()
+                result = await call(self._try_timeout(timeouts, deadline))
             except grpc.aio.AioRpcError as err:
                 error = AggregatorError.from_rpc(err)
             except AggregatorError as err:
                 error = err
+            else:
+                self.reachability.answered()
+                return result
+            if error.code in UNANSWERED_CODES and error.reason is None:
+                self.reachability.unanswered(started)
+            else:
+                self.reachability.answered()  # a refusal (it carries a reason), a damaged download: it is there
             if not error.transient:
                 raise error
-            delay = next(delays)
-            log.debug("%s: %s (retry in %.2fs)", self.device_id, error, delay)
-            if time.monotonic() + delay >= stop:
+            if self.reachability.exhausted():
+                raise AggregatorUnreachable(
+                    self.target, self.reachability.silent_for(), self.give_up_after, error
+                ) from None
+            if timeouts is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                timeouts.ran_out()
+            # Tries start at most one backoff delay apart: a try that already waited (for the connection to
+            # come back, for a slow answer) has served its delay, and the next one goes out at once.
+            delay = max(0.0, next(delays) - (self._clock() - started))
+            if deadline is not None and self._clock() + delay >= deadline:
                 raise error
+            delay = min(delay, self.reachability.patience_left())
             self.retries += 1
-            await asyncio.sleep(delay)
+            self.retried[error.code.name] = self.retried.get(error.code.name, 0) + 1
+            log.debug("%s: %s (retry in %.2fs)", self.device_id, error, delay)
+            await self._sleep(delay)
+
+    def _try_timeout(self, timeouts: TryTimeouts | None, deadline: float | None) -> float:
+        """How long the next try may wait: its own timeout, never past the call's deadline, nor past the
+        moment the aggregator's silence would reach the limit."""
+        bounds = [self.reachability.patience_left()]
+        if timeouts is not None:
+            bounds.append(timeouts.next())
+        if deadline is not None:
+            bounds.append(deadline - self._clock())
+        return max(MIN_TRY_SECONDS, min(bounds))
 
 
 async def update_messages(

@@ -5,6 +5,11 @@ Each simulated device of the job (its data partition, speed, availability, dropo
 compute and network time become real sleeps scaled by `time_scale`; the torch training itself runs in a small
 thread pool (one model per thread). Random draws use the same keyed streams as the in-process runtime, so a
 device makes the same choices (dropout, duration, training shuffle, attack) in both.
+
+Slow is not failure: a call that runs out of time is tried again with a longer deadline, and a device gives
+up only when the aggregator has answered nothing at all for `give_up_after` — a bound that grows with the
+job's round deadline at the fleet's time scale. How each device ended (`DeviceEnd`) is what the report and
+`fedfleet device-sim`'s exit status say.
 """
 
 from __future__ import annotations
@@ -12,13 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
-from fedfleet.api.federatedjob import FederatedJob
-from fedfleet.device.agent import AgentStats, DeviceAgent, describe_failure
-from fedfleet.device.client import Capabilities, DeviceClient, Task
+from fedfleet.api.federatedjob import FederatedJob, FederatedJobSpec
+from fedfleet.device.agent import FATAL_CODES, AgentStats, DeviceAgent, describe_failure
+from fedfleet.device.client import (
+    CALL_TIMEOUT_SECONDS,
+    AggregatorError,
+    AggregatorUnreachable,
+    Capabilities,
+    DeviceClient,
+    Task,
+)
 from fedfleet.device.retry import Backoff
 from fedfleet.device.torch_trainer import ModelPool, TorchTrainer
 from fedfleet.device.training import EvalResult, LocalResult
@@ -31,6 +45,18 @@ from fedfleet.sim.task import SimulatedTask, build_task
 
 log = logging.getLogger("fedfleet.sim")
 
+#: A simulated device gives up on an aggregator that answered nothing for at least this long (an aggregator
+#: restarted after a crash needs time to load its job) ...
+MIN_GIVE_UP_SECONDS = 120.0
+#: ... and for at least this many of the job's round deadlines at the fleet's time scale: a device is as
+#: patient with the aggregator as a round is with the device, twice over.
+GIVE_UP_ROUND_DEADLINES = 2.0
+
+
+def give_up_seconds(spec: FederatedJobSpec, time_scale: float) -> float:
+    """How long a simulated device of this job waits for an aggregator that answers nothing, by default."""
+    return max(MIN_GIVE_UP_SECONDS, GIVE_UP_ROUND_DEADLINES * spec.cohort.round_deadline_seconds * time_scale)
+
 
 @dataclass(frozen=True)
 class FleetSettings:
@@ -41,8 +67,40 @@ class FleetSettings:
     time_scale: float = 1.0  # wall seconds per simulated second
     workers: int = 2  # training threads
     token_ttl_seconds: float = 86400.0
-    give_up_after: float = 120.0  # a device stops retrying after this long without an answer
+    # A device stops only after the aggregator answered nothing for this long; default: `give_up_seconds`.
+    give_up_after: float | None = None
+    call_timeout: float = CALL_TIMEOUT_SECONDS  # the first try of a short call; doubled after each time-out
     consent: Callable[[int], bool] = lambda ordinal: True
+
+
+class DeviceEnd(StrEnum):
+    """How one simulated device's run ended."""
+
+    DONE = "done"  # the aggregator told it the job is done
+    STOPPED = "stopped"  # stopped from outside (`stop`) before it heard that
+    GAVE_UP = "gave_up"  # the aggregator answered nothing for the whole give-up bound
+    REFUSED = "refused"  # the aggregator refused it for good: its token, or a token for another job
+    FAILED = "failed"  # anything else: a bug or unusable data, never a slow or restarting aggregator
+
+
+#: What the report says of the devices that ended each way.
+END_PHRASES: dict[DeviceEnd, str] = {
+    DeviceEnd.DONE: "heard the job is done",
+    DeviceEnd.STOPPED: "were stopped before the job's end",
+    DeviceEnd.GAVE_UP: "gave up on an aggregator that did not answer",
+    DeviceEnd.REFUSED: "were refused by the aggregator",
+    DeviceEnd.FAILED: "failed",
+}
+
+
+def device_end(outcome: AgentStats | BaseException) -> DeviceEnd:
+    if isinstance(outcome, AgentStats):
+        return DeviceEnd.DONE if outcome.done else DeviceEnd.STOPPED
+    if isinstance(outcome, AggregatorUnreachable):
+        return DeviceEnd.GAVE_UP
+    if isinstance(outcome, AggregatorError) and outcome.code in FATAL_CODES:
+        return DeviceEnd.REFUSED
+    return DeviceEnd.FAILED
 
 
 @dataclass
@@ -51,7 +109,11 @@ class FleetReport:
     completed: int = 0  # devices that were told the job is done
     totals: AgentStats = field(default_factory=AgentStats)
     check_in_seconds: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "device: what happened", one per device that did not finish
+    ends: Counter[DeviceEnd] = field(default_factory=Counter)
+    first_error: dict[DeviceEnd, str] = field(default_factory=dict)  # the first of `errors` for each way to end
+    retried: Counter[str] = field(default_factory=Counter)  # calls tried again, by the status code of the failure
+    give_up_after: float = 0.0
     wall_seconds: float = 0.0
 
 
@@ -114,8 +176,11 @@ async def run_fleet(
     identity = job_identity(job.metadata.name, job.metadata.namespace)
     interval_hours = spec.simulation.availability.round_interval_minutes / 60.0
     models = ModelPool(task.model.new_model)
+    give_up_after = settings.give_up_after
+    if give_up_after is None:
+        give_up_after = give_up_seconds(spec, settings.time_scale)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="fleet-train")
-    report = FleetReport(devices=count)
+    report = FleetReport(devices=count, give_up_after=give_up_after)
     agents: dict[int, DeviceAgent] = {}  # what each device was doing when it failed (describe_failure)
     started = time.monotonic()
 
@@ -137,7 +202,8 @@ async def run_fleet(
             token=token,
             root_certificates=settings.ca_pem,
             backoff=Backoff(),
-            give_up_after=settings.give_up_after,
+            give_up_after=give_up_after,
+            call_timeout=settings.call_timeout,
         ) as client:
             agent = DeviceAgent(
                 client,
@@ -155,15 +221,20 @@ async def run_fleet(
                 return await agent.run(stop)
             finally:
                 report.check_in_seconds.extend(client.check_in_seconds)
+                report.retried.update(client.retried)
 
     try:
         results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     for ordinal, outcome in enumerate(results):
+        end = device_end(outcome)
+        report.ends[end] += 1
         if isinstance(outcome, BaseException):
             doing = agents[ordinal].doing if ordinal in agents else "setting up its token, trainer and connection"
-            report.errors.append(f"{task.fleet[ordinal].device_id}: {describe_failure(outcome, doing)}")
+            error = f"{task.fleet[ordinal].device_id}: {describe_failure(outcome, doing)}"
+            report.errors.append(error)
+            report.first_error.setdefault(end, error)
             continue
         _add(report.totals, outcome)
         report.completed += int(outcome.done)
@@ -184,11 +255,29 @@ def _add(total: AgentStats, one: AgentStats) -> None:
 
 
 def render_report(report: FleetReport) -> str:
+    """The run in one line: how many devices heard the job is done, what they did, and the calls a slow or
+    restarting aggregator made them try again."""
     t = report.totals
+    retried = ", ".join(f"{n} {code}" for code, n in report.retried.most_common())
     return (
         f"{report.completed}/{report.devices} devices finished in {report.wall_seconds:.1f}s: "
         f"{t.trained} trainings, {t.accepted} accepted, {t.late} late, {t.dropped} dropped, "
         f"{t.evaluations} evaluations, {t.check_ins} check-ins"
         + (f", rejected {t.rejected}" if t.rejected else "")
-        + (f"; {len(report.errors)} errors (first: {report.errors[0]})" if report.errors else "")
+        + (f"; calls tried again after {retried}" if retried else "")
     )
+
+
+def render_failures(report: FleetReport) -> list[str]:
+    """One line for each way devices ended other than hearing the job is done, with the first device's story."""
+    lines = []
+    for end in (DeviceEnd.REFUSED, DeviceEnd.GAVE_UP, DeviceEnd.FAILED, DeviceEnd.STOPPED):
+        n = report.ends[end]
+        if n == 0:
+            continue
+        line = f"{n} of {report.devices} devices {END_PHRASES[end]}"
+        if end == DeviceEnd.GAVE_UP:
+            line += f" for {report.give_up_after:.0f}s"
+        first = report.first_error.get(end)
+        lines.append(line + (f" (first: {first})" if first else ""))
+    return lines

@@ -280,3 +280,28 @@ def test_a_device_never_sends_two_masked_inputs_for_one_round_under_different_se
     sent.check(4, b"b" * 32)
     with pytest.raises(SecureRoundRefusedByDevice, match="round 3 was already aggregated"):
         sent.check(3, b"b" * 32)
+
+
+def test_every_refused_plaintext_upload_hears_its_reason(tmp_path: Path, pki: Pki) -> None:
+    """The server refuses from the header while the device is still sending chunks: the device must hear the
+    refusal and its reason every time, never a transport error in its place (grpc/grpc#36066)."""
+    job = secure_job("secagg-plaintext-many", clients=2, min_reports=2)
+
+    async def scenario() -> list[AggregatorError]:
+        async with running(job, tmp_path / "state", pki) as harness:
+            client = harness.client("p0")
+            other = harness.client("p1")
+            for c in (client, other):
+                await c.check_in(consent=True, capabilities=Capabilities(train_examples=5))
+            task = await wait_task(client)
+            model = await client.download_model(task.model_version)
+            payload = bytes(codec.encode_vector(np.zeros(model.weights.shape[0], np.float32)))
+            errors = []
+            for _ in range(12):
+                with pytest.raises(AggregatorError) as caught:
+                    await client.send_upload(messages(task, payload, model.layout, chunk_bytes=256))
+                errors.append(caught.value)
+            return errors
+
+    errors = asyncio.run(scenario())
+    assert [(e.code, e.reason) for e in errors] == [(grpc.StatusCode.FAILED_PRECONDITION, "secure_only")] * 12
