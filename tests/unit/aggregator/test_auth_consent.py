@@ -49,7 +49,7 @@ def test_credentials_are_required_and_must_be_this_jobs(tmp_path: Path, pki: Pki
             other_job_other_key = h.token("dev-1", job="other-job", key=new_key())
             err = await refused(bearer(other_job_other_key))
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "for job 'other-job', not 'auth'" in (err.details() or "")
+            assert "token is for 'other-job', not 'auth'" in (err.details() or "")
             other_job_same_key = h.token("dev-1", job="other-job")
             err = await refused(bearer(other_job_same_key))
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "other-job" in (err.details() or "")

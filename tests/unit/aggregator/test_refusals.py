@@ -24,6 +24,10 @@ WIRE = {
     "not_in_cohort", "wrong_round", "duplicate", "shape", "dtype", "layout", "non_finite", "bad_weight",
     "too_large", "corrupt", "round_closed", "secure_only", "secagg_malformed", "stalled", "busy",
     "secagg_off", "secagg_excluded", "secagg_stage_closed", "secagg_aborted",
+    # The fleet gateway's (fedfleet.v1.Fleet and FleetAdmin).
+    "token_wrong_fleet", "admin_token_invalid", "no_fleet_view", "bad_attributes", "not_assigned",
+    "bad_health_report", "report_too_frequent", "unknown_artifact", "offset_out_of_range", "too_many_watches",
+    "unknown_fleet", "bad_fleet_view", "stale_fleet_view", "artifact_missing", "publish_rejected",
 }  # fmt: skip
 
 
