@@ -166,12 +166,14 @@ def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
         found = kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/{ready}")
         return found["data"].get("trusted-keys", "").split() or None
 
-    steps = [{"setWeight": w} if i % 2 == 0 else {"analysis": {"metrics": ["accuracy"]}} for i, w in enumerate(
-        [1, 0, 5, 0, 25, 0, 100]
-    )]  # fmt: skip
-    first = rollout_manifest(
-        "digits", {"federatedJob": job}, steps, [accuracy_metric("result >= 0.5", minReportingDevices=2)]
-    )
+    # Each raise is followed by a pause long enough for the devices to follow it on this busy machine, then an
+    # analysis: the shares are read while it measures, once the fleet has converged on the weight.
+    steps: list[JSON] = []
+    for weight in (1, 5, 25):
+        steps += [{"setWeight": weight}, {"pause": {"duration": "20s"}}, {"analysis": {"metrics": ["accuracy"]}}]
+    steps.append({"setWeight": 100})
+    metric = accuracy_metric("result >= 0.5", minReportingDevices=2, count=2, interval="5s")
+    first = rollout_manifest("digits", {"federatedJob": job}, steps, [metric])
     assert apply(control_plane, ns, first).returncode == 0
     keys = wait_for("the fleet's trusted keys", trusted_keys, timeout=60)
     devices = FleetRunner(
@@ -204,7 +206,7 @@ def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
         bad_bytes = _degraded(_download(target, ca, token_key, good))
         bad = publish_model(target, ca, admin, bad_bytes)
         assert bad == digest_of(bad_bytes)
-        metric = accuracy_metric("result >= baseline - 0.05", baseline="stable", minReportingDevices=2)
+        metric = accuracy_metric("result >= baseline - 0.05", baseline="stable", minReportingDevices=2, count=2)
         second = rollout_manifest(
             "digits-bad", {"artifact": bad}, [{"setWeight": 5}, {"analysis": {"metrics": ["accuracy"]}},
                                               {"setWeight": 50}, {"setWeight": 100}], [metric],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -210,19 +210,23 @@ def dump_config(config: AggregatorConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def parse_config(data: object, source: str) -> AggregatorConfig:
-    """A configuration from parsed YAML; ConfigError names `source` and the field."""
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def parse_settings(model: type[SettingsT], data: object, source: str) -> SettingsT:
+    """A settings file's model (the aggregator's, the gateway's) from parsed YAML; ConfigError names `source`
+    and the field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings")
     try:
         # Wire names only (camelCase), as for manifests: one spelling per field in every file.
-        return AggregatorConfig.model_validate(data, by_alias=True, by_name=False)
+        return model.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def read_config(path: Path) -> AggregatorConfig:
-    """The configuration file as written (relative paths left relative)."""
+def read_settings(model: type[SettingsT], path: Path) -> SettingsT:
+    """A settings file as written (relative paths left relative): one strict YAML document."""
     try:
         docs = strict_yaml.load_all(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -231,7 +235,16 @@ def read_config(path: Path) -> AggregatorConfig:
         raise ConfigError(f"{path}: {exc}") from None
     if len(docs) != 1:
         raise ConfigError(f"{path}: expected one YAML document of settings, found {len(docs)}")
-    return parse_config(docs[0], str(path))
+    return parse_settings(model, docs[0], str(path))
+
+
+def parse_config(data: object, source: str) -> AggregatorConfig:
+    return parse_settings(AggregatorConfig, data, source)
+
+
+def read_config(path: Path) -> AggregatorConfig:
+    """The configuration file as written (relative paths left relative)."""
+    return read_settings(AggregatorConfig, path)
 
 
 def load_config(path: Path) -> tuple[AggregatorConfig, FederatedJob]:

@@ -27,13 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from fedfleet.api import strict_yaml
-from fedfleet.api.aggregator_config import ConfigError, Endpoint, TlsSection
-from fedfleet.api.manifest import describe_validation_error
-from fedfleet.api.strict_yaml import StrictYamlError
+from fedfleet.api.aggregator_config import ConfigError, Endpoint, TlsSection, parse_settings, read_settings
 
 from .core import GatewaySettings
 from .inputs import AttributeLimits
@@ -160,24 +157,11 @@ class GatewayConfig(_Section):
 
 
 def parse_gateway_config(data: object, source: str) -> GatewayConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings")
-    try:
-        return GatewayConfig.model_validate(data, by_alias=True, by_name=False)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    return parse_settings(GatewayConfig, data, source)
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
     """The configuration with relative paths resolved against the file's directory; ConfigError names the field."""
-    try:
-        docs = strict_yaml.load_all(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (StrictYamlError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if len(docs) != 1:
-        raise ConfigError(f"{path}: expected one YAML document of settings, found {len(docs)}")
-    config = parse_gateway_config(docs[0], str(path))
+    config = read_settings(GatewayConfig, path)
     base = path.parent
     return config.map_paths(lambda p: p if p.is_absolute() else (base / p).resolve())

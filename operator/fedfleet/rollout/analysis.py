@@ -226,29 +226,49 @@ def judge(rule: MetricRule, sample: Sample, at: float) -> Measurement:
     return measured(MeasurementPhase.INCONCLUSIVE, f"{shown}: neither successCondition nor failureCondition met")
 
 
-def run_phase(rule: MetricRule, measurements: Sequence[Measurement]) -> RunPhase:
-    """The phase of `rule`'s metric after `measurements` (oldest first)."""
-    failed = inconclusive = consecutive_errors = verdicts = 0
-    for measurement in measurements:
+@dataclass(frozen=True)
+class Tally:
+    """What a run's phase is judged on, measurement after measurement: a rollout's status keeps only the
+    latest measurements, so the controller carries this instead of the whole history."""
+
+    failed: int = 0
+    inconclusive: int = 0
+    consecutive_errors: int = 0
+    verdicts: int = 0
+    phase: RunPhase = RunPhase.RUNNING
+
+    def after(self, rule: MetricRule, measurement: Measurement) -> Tally:
+        if self.phase is not RunPhase.RUNNING:
+            return self  # a phase once reached is kept: what follows it does not count
+        failed, inconclusive, errors, verdicts = self.failed, self.inconclusive, self.consecutive_errors, self.verdicts
         if measurement.phase is MeasurementPhase.ERROR:
-            consecutive_errors += 1
+            errors += 1
         else:
-            consecutive_errors = 0
+            errors = 0
             if measurement.phase is MeasurementPhase.INCONCLUSIVE:
                 inconclusive += 1
             else:
                 verdicts += 1
                 failed += measurement.phase is MeasurementPhase.FAILED
         # One measurement moves one counter, so at most one of these starts to hold at each step.
+        phase = RunPhase.RUNNING
         if failed > rule.failure_limit:
-            return RunPhase.FAILED
-        if consecutive_errors > rule.consecutive_error_limit:
-            return RunPhase.ERROR
-        if inconclusive > rule.inconclusive_limit:
-            return RunPhase.INCONCLUSIVE
-        if rule.count and verdicts >= rule.count:
-            return RunPhase.SUCCESSFUL
-    return RunPhase.RUNNING
+            phase = RunPhase.FAILED
+        elif errors > rule.consecutive_error_limit:
+            phase = RunPhase.ERROR
+        elif inconclusive > rule.inconclusive_limit:
+            phase = RunPhase.INCONCLUSIVE
+        elif rule.count and verdicts >= rule.count:
+            phase = RunPhase.SUCCESSFUL
+        return Tally(failed, inconclusive, errors, verdicts, phase)
+
+
+def run_phase(rule: MetricRule, measurements: Sequence[Measurement]) -> RunPhase:
+    """The phase of `rule`'s metric after `measurements` (oldest first)."""
+    tally = Tally()
+    for measurement in measurements:
+        tally = tally.after(rule, measurement)
+    return tally.phase
 
 
 def combine(phases: Iterable[RunPhase]) -> RunPhase:

@@ -3,10 +3,9 @@ say to the step machine. Pure; the controller (operator or embedded runtime) doe
 
 A run is one metric measured for one run id the step machine handed out (`StepState.step_run` for the
 current analysis step, `background_run` for the background metrics). The rollout's status keeps only the
-latest measurements of a run (for people to read), so a run also carries its `Tally`: the counters
-`analysis.run_phase` would compute from the whole history. `Tally.after` advances them one measurement at a
-time with exactly `run_phase`'s rules (a property test holds the two together), so a long run judged over
-many reconciliations ends as it would have if every measurement had been kept.
+latest measurements of a run (for people to read), so a run also carries its `analysis.Tally`, the counters
+`run_phase` folds over the whole history: a long run judged over many reconciliations ends as it would have
+if every measurement had been kept.
 """
 
 from __future__ import annotations
@@ -17,46 +16,20 @@ from dataclasses import dataclass, field, replace
 from fedfleet.api.duration import parse_duration
 from fedfleet.api.modelrollout import MetricSpec, ModelRolloutSpec
 from fedfleet.api.rollout_status import BACKGROUND_STEP, MAX_MEASUREMENTS, AnalysisRunStatus
-from fedfleet.rollout.analysis import Measurement, MeasurementPhase, MetricRule, RunPhase, Sample, combine, judge
+from fedfleet.rollout.analysis import (
+    Measurement,
+    MeasurementPhase,
+    MetricRule,
+    RunPhase,
+    Sample,
+    Tally,
+    combine,
+    judge,
+)
 from fedfleet.rollout.conditions import compile_condition
 from fedfleet.rollout.step_state import StepState
 from fedfleet.rollout.steps import RunResult
 from fedfleet.rollout.timestamps import epoch, rfc3339, whole_seconds
-
-
-@dataclass(frozen=True)
-class Tally:
-    """What `run_phase` counts, kept instead of the whole history."""
-
-    failed: int = 0
-    inconclusive: int = 0
-    consecutive_errors: int = 0
-    verdicts: int = 0
-    phase: RunPhase = RunPhase.RUNNING
-
-    def after(self, rule: MetricRule, measurement: Measurement) -> Tally:
-        if self.phase is not RunPhase.RUNNING:
-            return self  # a phase once reached is kept, as run_phase ignores what follows it
-        failed, inconclusive, errors, verdicts = self.failed, self.inconclusive, self.consecutive_errors, self.verdicts
-        if measurement.phase is MeasurementPhase.ERROR:
-            errors += 1
-        else:
-            errors = 0
-            if measurement.phase is MeasurementPhase.INCONCLUSIVE:
-                inconclusive += 1
-            else:
-                verdicts += 1
-                failed += measurement.phase is MeasurementPhase.FAILED
-        phase = RunPhase.RUNNING
-        if failed > rule.failure_limit:
-            phase = RunPhase.FAILED
-        elif errors > rule.consecutive_error_limit:
-            phase = RunPhase.ERROR
-        elif inconclusive > rule.inconclusive_limit:
-            phase = RunPhase.INCONCLUSIVE
-        elif rule.count and verdicts >= rule.count:
-            phase = RunPhase.SUCCESSFUL
-        return Tally(failed, inconclusive, errors, verdicts, phase)
 
 
 @dataclass(frozen=True)

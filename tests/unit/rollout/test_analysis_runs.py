@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from fedfleet.api.manifest import load_rollout
 from fedfleet.api.rollout_status import ModelRolloutStatus
-from fedfleet.rollout.analysis import Measurement, MeasurementPhase, MetricRule, RunPhase, Sample, run_phase
+from fedfleet.rollout.analysis import Measurement, MeasurementPhase, MetricRule, RunPhase, Sample, Tally, run_phase
 from fedfleet.rollout.analysis_runs import (
     MetricRun,
-    Tally,
     due,
     record,
     results,
