@@ -1,22 +1,26 @@
 """One fleet gateway process holding the WatchAssignment streams of 10,000 devices, on this machine.
 
     python benchmarks/bench_gateway_fleet.py [--devices 10000] [--clients 4] [--canary-weight 50]
-        [--checkin-seconds 10] [--checkin-concurrency 32] [--out benchmarks/results/gateway_fleet.json]
+        [--checkin-client go|python] [--checkin-devices 1000] [--checkin-seconds 10] [--checkin-concurrency 128]
+        [--out benchmarks/results/gateway_fleet.json]
 
 The gateway is `fedfleet gateway` in its own process (TLS, generated keys), as in its pod. The devices live in
-`--clients` separate processes so that the client side does not bound the figures; each device has its own
-token and, by default, its own TLS connection, and holds one WatchAssignment stream (raw gRPC stubs: the
-stream is what is measured, not the device SDK). The operator's side publishes a stable and a candidate
-model and a view that puts `--canary-weight` percent of the fleet on the candidate. Then:
+`--clients` separate processes; each device has its own token and, by default, its own TLS connection, and
+holds one WatchAssignment stream (raw gRPC stubs: the stream is what is measured, not the device SDK). The
+operator's side publishes a stable and a candidate model and a view that puts `--canary-weight` percent of
+the fleet on the candidate. Then:
 
 1. RSS: the gateway's resident memory at rest and with every stream open (and its peak).
 2. Abort propagation: the operator puts the same rollout at weight 0 (an abort). Each device records when its
    stream delivered its changed assignment; the time from the PutFleetView call to that moment, p50 / p99
    over the devices whose assignment changed. Bar: p99 < 2 s, every canary device moved back and no other
    device heard anything.
-3. Check-in throughput: the devices call CheckIn concurrently (`--checkin-concurrency` calls in flight per
-   client process) over a fixed window, with every stream still open; completed calls per second. Bar:
-   ≥ 2,000/s.
+3. Check-in throughput: CheckIn calls, `--checkin-concurrency` in flight, over a fixed window with every
+   stream still open; completed calls per second. Bar: ≥ 2,000/s. By default the calls come from the Go load
+   generator in benchmarks/checkin_load (built with the local Go toolchain), as `--checkin-devices` devices
+   each on a connection of its own: a Python gRPC client spends about as much CPU per call as the gateway,
+   and on a 2-core machine that CPU would be taken from the gateway being measured. `--checkin-client
+   python` makes the stream-holding processes call instead, over their devices' own connections.
 
 Prints the figures, writes them as JSON (default benchmarks/results/gateway_fleet.json) and exits 1 when a
 bar is missed. It only talks to 127.0.0.1 and stops by itself.
@@ -30,12 +34,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from checkin_load_driver import GoCheckIns
+from checkin_load_driver import build as build_checkin_load
 from fedfleet.models.artifact import digest_of
 from fedfleet.proto.v1 import gateway_pb2 as pb
 from fedfleet.proto.v1 import gateway_pb2_grpc as rpc
@@ -49,6 +56,7 @@ from gateway_process import (
     GatewayProcess,
     device_channel_options,
     device_metadata,
+    device_token,
     mb,
     model_artifact,
     percentile_ms,
@@ -261,35 +269,97 @@ async def setup(gateway: GatewayProcess, view: FleetView, models: list[bytes], k
         await admin.put_view(view, {digest_of(m): signed_release(m, key) for m in models})
 
 
-def run(
-    devices: int,
-    clients: int,
-    per_connection: int,
-    canary_weight: float,
-    propagation_timeout: float,
-    checkin_seconds: float,
-    checkin_concurrency: int,
-    profile: Path | None = None,
+@dataclass(frozen=True)
+class Settings:
+    devices: int = 10_000
+    clients: int = 4  # processes holding the streams
+    per_connection: int = 1  # devices sharing one TLS connection
+    canary_weight: float = 50.0
+    propagation_timeout: float = 30.0
+    checkin_client: str = "go"  # or "python": the stream-holding processes call CheckIn themselves
+    checkin_devices: int = 1000  # devices the Go client checks in with, each on its own connection
+    checkin_seconds: float = 10.0
+    checkin_concurrency: int = 128  # calls in flight, in total
+    keepalive_seconds: float = 30.0
+    profile: Path | None = None
+
+
+def check_ins_from_python(
+    processes: list[ClientProcess], gateway: GatewayProcess, settings: Settings
 ) -> dict[str, Any]:
+    """The stream-holding processes call CheckIn over their devices' own connections."""
+    per_process = -(-settings.checkin_concurrency // len(processes))
+    cpu_before = gateway.cpu_seconds()
+    start_at = time.monotonic() + 1.0  # every process has its command by then
+    answers = ask_all(processes, "check_in", settings.checkin_seconds + CALL_SECONDS + 30,
+                      start_at=start_at, end_at=start_at + settings.checkin_seconds,
+                      concurrency=per_process)  # fmt: skip
+    latencies = [t for a in answers for t in a["latencies"]]
+    return {
+        "ok": sum(a["ok"] for a in answers),
+        "errors": dict(sum((Counter(a["errors"]) for a in answers), Counter())),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
+        "clients_cpu_seconds": sum(a["cpu_seconds"] for a in answers),
+        "gateway_cpu_seconds": gateway.cpu_seconds() - cpu_before,
+        "concurrency": per_process * len(processes),
+    }
+
+
+def check_ins_from_go(
+    binary: Path, gateway: GatewayProcess, ids: list[str], version: str, settings: Settings
+) -> dict[str, Any]:
+    """The Go client calls CheckIn as the first `checkin_devices` devices, each on a connection of its own."""
+    chosen = ids[: settings.checkin_devices]
+    devices = []
+    for device in chosen:
+        request = pb.FleetCheckInRequest(attributes=ATTRIBUTES, current_version=version, app_version=APP_VERSION)
+        devices.append((device_token(gateway.token_key, device), request.SerializeToString()))
+    client = GoCheckIns(binary, gateway.target, gateway.root / "tls/ca.crt", devices, settings.checkin_concurrency,
+                        ready_seconds=60 + len(devices) / 50)  # fmt: skip
+    try:
+        cpu_before = gateway.cpu_seconds()
+        answer = client.run(settings.checkin_seconds, settings.checkin_seconds + CALL_SECONDS + 30)
+        gateway_cpu = gateway.cpu_seconds() - cpu_before
+    finally:
+        client.close()
+    return {
+        "ok": answer["ok"],
+        "errors": answer["errors"],
+        "p50_ms": answer["p50_ms"],
+        "p99_ms": answer["p99_ms"],
+        "clients_cpu_seconds": answer["cpu_seconds"],
+        "gateway_cpu_seconds": gateway_cpu,
+        "concurrency": settings.checkin_concurrency,
+    }
+
+
+def run(settings: Settings) -> dict[str, Any]:
     open_files = raise_open_file_limit()
+    binary = build_checkin_load() if settings.checkin_client == "go" else None
     stable_model, candidate_model = model_artifact("stable", MODEL_BYTES), model_artifact("candidate", MODEL_BYTES)
     stable, candidate = digest_of(stable_model), digest_of(candidate_model)
-    rollout = fleet_view(stable, candidate, canary_weight, generation=1)
-    ids = device_ids(devices)
+    rollout = fleet_view(stable, candidate, settings.canary_weight, generation=1)
+    ids = device_ids(settings.devices)
     canaries = sum(assign(rollout, d, ATTRIBUTES).role == Role.CANARY for d in ids)
+    clients = min(settings.clients, settings.devices)
     # Everything slow here scales with the fleet: opening thousands of TLS connections takes seconds.
-    open_timeout = 60 + devices / 50
+    open_timeout = 60 + settings.devices / 50
     with tempfile.TemporaryDirectory(prefix="bench-gateway-fleet-") as tmp:
-        gateway = start_gateway(Path(tmp), max_watch_streams=max(20_000, 2 * devices), profile=profile)
+        gateway = start_gateway(
+            Path(tmp),
+            max_watch_streams=max(20_000, 2 * settings.devices),
+            keepalive_seconds=settings.keepalive_seconds,
+            profile=settings.profile,
+        )
         processes: list[ClientProcess] = []
         try:
             asyncio.run(setup(gateway, rollout, [stable_model, candidate_model], SigningKey.generate()))
             rss_at_rest = gateway.rss()
-            shares = [ids[k::clients] for k in range(clients)]
             processes = start_clients(
                 fleet_client,
-                [dict(target=gateway.target, ca_pem=gateway.ca_pem, token_key=gateway.token_key, ids=share,
-                      per_connection=per_connection) for share in shares],
+                [dict(target=gateway.target, ca_pem=gateway.ca_pem, token_key=gateway.token_key, ids=ids[k::clients],
+                      per_connection=settings.per_connection) for k in range(clients)],
             )  # fmt: skip
             opened = ask_all(processes, "open", open_timeout)
             streams = gateway.metric("fedfleet_gateway_watch_streams")
@@ -297,23 +367,20 @@ def run(
 
             aborted = fleet_view(stable, candidate, 0.0, generation=2)
             sent, acked = asyncio.run(abort(gateway, rollout, aborted))
-            changes = ask_all(processes, "changes", propagation_timeout + 30,
-                              candidate=candidate, until=sent + propagation_timeout)  # fmt: skip
+            changes = ask_all(processes, "changes", settings.propagation_timeout + 30,
+                              candidate=candidate, until=sent + settings.propagation_timeout)  # fmt: skip
             delays = [t - sent for c in changes for t in c["changed_at"]]
 
-            cpu_before = gateway.cpu_seconds()
-            start_at = time.monotonic() + 1.0  # every process has its command by then
-            check_ins = ask_all(processes, "check_in", checkin_seconds + CALL_SECONDS + 30,
-                                start_at=start_at, end_at=start_at + checkin_seconds,
-                                concurrency=checkin_concurrency)  # fmt: skip
-            gateway_cpu = gateway.cpu_seconds() - cpu_before
-            clients_cpu = sum(c["cpu_seconds"] for c in check_ins)
-            latencies = [t for c in check_ins for t in c["latencies"]]
-            completed = sum(c["ok"] for c in check_ins)
+            if binary is not None:
+                check_ins = check_ins_from_go(binary, gateway, ids, stable, settings)
+            else:
+                check_ins = check_ins_from_python(processes, gateway, settings)
+            window = settings.checkin_seconds
             result: dict[str, Any] = {
-                "devices": devices,
+                "devices": settings.devices,
                 "client_processes": clients,
-                "devices_per_connection": per_connection,
+                "devices_per_connection": settings.per_connection,
+                "watch_keepalive_seconds": settings.keepalive_seconds,
                 "open_file_limit": open_files,
                 "streams_opened": sum(o["opened"] for o in opened),
                 "stream_open_errors": dict(sum((Counter(o["errors"]) for o in opened), Counter())),
@@ -321,8 +388,8 @@ def run(
                 "gateway_watch_streams_gauge": streams,
                 "gateway_rss_at_rest_mb": mb(rss_at_rest),
                 "gateway_rss_with_streams_mb": mb(rss_streams),
-                "gateway_rss_per_stream_kb": round((rss_streams - rss_at_rest) / max(1, devices) / 1024, 1),
-                "canary_weight": canary_weight,
+                "gateway_rss_per_stream_kb": round((rss_streams - rss_at_rest) / max(1, settings.devices) / 1024, 1),
+                "canary_weight": settings.canary_weight,
                 "canary_devices_expected": canaries,
                 "canary_devices_seen": sum(o["first_versions"].get(candidate, 0) for o in opened),
                 "abort_put_fleet_view_ms": round((acked - sent) * 1000, 1),
@@ -332,15 +399,17 @@ def run(
                 "abort_propagation_p50_ms": percentile_ms(delays, 50),
                 "abort_propagation_p99_ms": percentile_ms(delays, 99),
                 "abort_propagation_max_ms": round(max(delays, default=float("nan")) * 1000, 1),
-                "checkin_window_seconds": checkin_seconds,
-                "checkin_concurrency": checkin_concurrency * clients,
-                "checkins_completed": completed,
-                "checkins_per_second": round(completed / checkin_seconds, 1),
-                "checkin_errors": dict(sum((Counter(c["errors"]) for c in check_ins), Counter())),
-                "checkin_p50_ms": percentile_ms(latencies, 50),
-                "checkin_p99_ms": percentile_ms(latencies, 99),
-                "gateway_cpu_share_during_checkins": round(gateway_cpu / checkin_seconds, 2),
-                "clients_cpu_share_during_checkins": round(clients_cpu / checkin_seconds, 2),
+                "checkin_client": settings.checkin_client,
+                "checkin_connections": settings.checkin_devices if binary is not None else "the streams' own",
+                "checkin_window_seconds": window,
+                "checkin_concurrency": check_ins["concurrency"],
+                "checkins_completed": check_ins["ok"],
+                "checkins_per_second": round(check_ins["ok"] / window, 1),
+                "checkin_errors": check_ins["errors"],
+                "checkin_p50_ms": check_ins["p50_ms"],
+                "checkin_p99_ms": check_ins["p99_ms"],
+                "gateway_cpu_share_during_checkins": round(check_ins["gateway_cpu_seconds"] / window, 2),
+                "clients_cpu_share_during_checkins": round(check_ins["clients_cpu_seconds"] / window, 2),
                 "gateway_rss_after_checkins_mb": mb(gateway.rss()),
                 "gateway_peak_rss_mb": mb(gateway.peak_rss()),
             }
@@ -377,32 +446,48 @@ def bars(result: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=4, help="client processes the devices are spread over")
+    default = Settings()
+    parser.add_argument("--devices", type=int, default=default.devices)
+    parser.add_argument("--clients", type=int, default=default.clients, help="processes holding the streams")
     parser.add_argument("--devices-per-connection", type=int, default=1, help="1: each device its own TLS link")
-    parser.add_argument("--canary-weight", type=float, default=50.0, help="percent of the fleet on the candidate")
+    parser.add_argument("--canary-weight", type=float, default=default.canary_weight, help="percent on the candidate")
     parser.add_argument("--propagation-timeout", type=float, default=30.0, help="seconds to wait for the abort")
-    parser.add_argument("--checkin-seconds", type=float, default=10.0, help="the check-in window")
-    parser.add_argument("--checkin-concurrency", type=int, default=32, help="calls in flight per client process")
+    parser.add_argument("--checkin-client", choices=("go", "python"), default=default.checkin_client,
+                        help="who calls CheckIn: the Go load generator, or the stream-holders")  # fmt: skip
+    parser.add_argument("--checkin-devices", type=int, default=default.checkin_devices,
+                        help="devices (own connections) the Go client checks in as")  # fmt: skip
+    parser.add_argument("--checkin-seconds", type=float, default=default.checkin_seconds, help="the check-in window")
+    parser.add_argument("--checkin-concurrency", type=int, default=default.checkin_concurrency,
+                        help="CheckIn calls in flight, in total")  # fmt: skip
+    parser.add_argument("--keepalive-seconds", type=float, default=30.0, help="the gateway's watchKeepaliveSeconds")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     parser.add_argument("--profile", type=Path, default=None, help="run the gateway under cProfile, stats here")
     args = parser.parse_args()
-    if args.devices < 1 or args.clients < 1 or args.devices_per_connection < 1 or args.checkin_concurrency < 1:
-        parser.error("--devices, --clients, --devices-per-connection and --checkin-concurrency must be ≥ 1")
+    counts = (args.devices, args.clients, args.devices_per_connection, args.checkin_devices, args.checkin_concurrency)
+    if min(counts) < 1:
+        parser.error("--devices, --clients, --devices-per-connection, --checkin-devices, --checkin-concurrency: ≥ 1")
     if not 0 < args.canary_weight <= 100:
         parser.error("--canary-weight must be in (0, 100]")
-    if args.checkin_seconds <= 0 or args.propagation_timeout <= 0:
-        parser.error("--checkin-seconds and --propagation-timeout must be > 0")
-    result = run(
-        args.devices,
-        min(args.clients, args.devices),
-        args.devices_per_connection,
-        args.canary_weight,
-        args.propagation_timeout,
-        args.checkin_seconds,
-        args.checkin_concurrency,
-        args.profile.resolve() if args.profile else None,
+    if min(args.checkin_seconds, args.propagation_timeout, args.keepalive_seconds) <= 0:
+        parser.error("--checkin-seconds, --propagation-timeout and --keepalive-seconds must be > 0")
+    settings = Settings(
+        devices=args.devices,
+        clients=args.clients,
+        per_connection=args.devices_per_connection,
+        canary_weight=args.canary_weight,
+        propagation_timeout=args.propagation_timeout,
+        checkin_client=args.checkin_client,
+        checkin_devices=min(args.checkin_devices, args.devices),
+        checkin_seconds=args.checkin_seconds,
+        checkin_concurrency=args.checkin_concurrency,
+        keepalive_seconds=args.keepalive_seconds,
+        profile=args.profile.resolve() if args.profile else None,
     )
+    try:
+        result = run(settings)
+    except RuntimeError as exc:  # the gateway or the Go client did not start: say why, no traceback
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
     missed = bars(result)
     result["bars_missed"] = missed
     path = write_result("gateway_fleet", result, args.out)

@@ -260,9 +260,13 @@ class Admin:
         return int(reply.generation)
 
 
+def device_token(token_key: bytes, device_id: str, ttl_seconds: float = 86_400.0) -> str:
+    """The device's fleet token, as `fedfleet token issue --fleet default` would issue it."""
+    return issue_token(token_key, fleet_identity(FLEET), device_id, ttl_seconds)
+
+
 def device_metadata(token_key: bytes, device_id: str, ttl_seconds: float = 86_400.0) -> tuple[tuple[str, str]]:
-    token = issue_token(token_key, fleet_identity(FLEET), device_id, ttl_seconds)
-    return (("authorization", f"Bearer {token}"),)
+    return (("authorization", f"Bearer {device_token(token_key, device_id, ttl_seconds)}"),)
 
 
 def device_channel_options() -> list[tuple[str, Any]]:
