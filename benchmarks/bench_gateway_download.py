@@ -43,6 +43,7 @@ from gateway_process import (
     GatewayProcess,
     device_channel_options,
     device_metadata,
+    machine,
     mb,
     model_artifact,
     percentile_ms,
@@ -164,6 +165,7 @@ async def setup(gateway: GatewayProcess, model: bytes) -> None:
 
 
 def run(devices: int, clients: int, megabytes: float, timeout: float) -> dict[str, Any]:
+    measured_on = machine()
     raise_open_file_limit()
     model = model_artifact("download", int(megabytes * 2**20))
     digest = digest_of(model)
@@ -215,6 +217,7 @@ def run(devices: int, clients: int, megabytes: float, timeout: float) -> dict[st
                 process.close()
             exit_code = gateway.stop()
         result["gateway_exit"] = exit_code
+        result["machine"] = measured_on
         return result
 
 

@@ -57,6 +57,7 @@ from gateway_process import (
     device_channel_options,
     device_metadata,
     device_token,
+    machine,
     mb,
     model_artifact,
     percentile_ms,
@@ -335,6 +336,7 @@ def check_ins_from_go(
 
 
 def run(settings: Settings) -> dict[str, Any]:
+    measured_on = machine()
     open_files = raise_open_file_limit()
     binary = build_checkin_load() if settings.checkin_client == "go" else None
     stable_model, candidate_model = model_artifact("stable", MODEL_BYTES), model_artifact("candidate", MODEL_BYTES)
@@ -418,6 +420,7 @@ def run(settings: Settings) -> dict[str, Any]:
                 process.close()
             exit_code = gateway.stop()
         result["gateway_exit"] = exit_code
+        result["machine"] = measured_on
         return result
 
 

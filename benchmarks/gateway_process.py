@@ -324,6 +324,15 @@ async def receive_command(conn: Connection) -> tuple[str, dict[str, Any]]:
     return str(command), dict(arguments)
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: cores, and how busy the machine already was (other work shares it)."""
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
 def write_result(name: str, result: Mapping[str, Any], out: Path | None) -> Path:
     path = out or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
