@@ -24,12 +24,13 @@ from fedfleet.proto.refusals import ERROR_KEY, Refusal
 from fedfleet.proto.v1 import gateway_pb2 as pb
 from fedfleet.security.tokens import TokenError, TokenProblem, TokenVerifier, fleet_of
 
+from .assignment_messages import AssignmentMessages
 from .core import Gateway
 from .errors import GatewayError
 from .health_stats import VersionHealth
 from .inputs import HealthReport
 from .releases import SignedParts
-from .watchers import DeviceAssignment, WatchClosed
+from .watchers import WatchClosed
 
 REFUSAL_CODES: dict[Refusal, grpc.StatusCode] = {
     Refusal.TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
@@ -109,22 +110,6 @@ def bearer(context: Any) -> str | None:
     return None
 
 
-def assignment_message(answer: DeviceAssignment) -> pb.ModelAssignment:
-    a = answer.assignment
-    message = pb.ModelAssignment(
-        version=a.version or "",
-        role=pb.ModelAssignment.Role.Value(str(a.role).upper()),
-        rollout=a.rollout or "",
-        revision=a.revision,
-        generation=answer.generation,
-    )
-    if answer.release is not None:
-        r = answer.release
-        message.release.CopyFrom(pb.SignedRelease(record=r.record, signature=r.signature, key_id=r.key_id))
-        message.size = r.size
-    return message
-
-
 def role_value(role: str) -> int:
     return int(pb.ModelAssignment.Role.Value(role.upper())) if role.upper() in _ROLES else 0
 
@@ -138,6 +123,7 @@ class FleetService:
     def __init__(self, gateway: Gateway, verifier: TokenVerifier) -> None:
         self._gateway = gateway
         self._verifier = verifier
+        self._messages = AssignmentMessages(gateway.settings.check_in_interval_seconds)
 
     async def _device(self, context: Any, method: str) -> tuple[str, str]:
         """(fleet, device id) of the caller's token."""
@@ -162,15 +148,12 @@ class FleetService:
             )
         except GatewayError as err:
             await _abort(context, err.reason, err.message)
-        return pb.FleetCheckInResponse(
-            assignment=assignment_message(answer),
-            check_in_interval_seconds=self._gateway.settings.check_in_interval_seconds,
-        )
+        return self._messages.check_in(answer)
 
     async def GetAssignment(self, request: pb.GetAssignmentRequest, context: Any) -> pb.ModelAssignment:
         fleet, device = await self._device(context, "GetAssignment")
         try:
-            return assignment_message(self._gateway.assignment_for(fleet, device, request.attributes))
+            return self._messages.assignment(self._gateway.assignment_for(fleet, device, request.attributes))
         except GatewayError as err:
             await _abort(context, err.reason, err.message)
 
@@ -190,7 +173,7 @@ class FleetService:
                 if answer is None:
                     yield keepalive
                 else:
-                    yield pb.AssignmentEvent(assignment=assignment_message(answer))
+                    yield self._messages.event(answer)
         except WatchClosed:
             return
         finally:

@@ -103,13 +103,39 @@ class TokenVerifier:
     """Checks tokens of one job against its key; `also` names further audiences the same key serves (a fleet
     gateway serves several fleets with one key)."""
 
-    def __init__(self, key: bytes, job: str, also: Collection[str] = ()) -> None:
+    def __init__(self, key: bytes, job: str, also: Collection[str] = (), remember: int = 0) -> None:
+        if remember < 0:
+            raise ValueError(f"remember must be >= 0, got {remember}")
         self._key = key
         self.job = job
         self._audiences = frozenset((job, *also))
         self._expected = repr(job) if not also else "one of " + ", ".join(repr(a) for a in sorted(self._audiences))
+        # Tokens that verified, with their claims: a device sends the same token with every call, and the
+        # MAC, base64 and JSON work is the larger part of a small call's cost in a busy server. Only a token
+        # that passed every check is remembered, under its exact spelling, and its expiry is checked on
+        # every use; `remember` bounds the table (emptied when full), 0 remembers nothing.
+        self._remember = remember
+        self._verified: dict[str, DeviceClaims] = {}
+
+    @property
+    def remembered(self) -> int:
+        """Tokens held as verified now."""
+        return len(self._verified)
 
     def verify(self, token: str | None, now: float | None = None) -> DeviceClaims:
+        current = time.time() if now is None else now
+        known = self._verified.get(token) if token and len(token) <= MAX_TOKEN_CHARS else None
+        claims = known if known is not None else self._signed_claims(token)
+        if current >= claims.expires_at:
+            raise TokenError(TokenProblem.EXPIRED, f"device token expired {int(current - claims.expires_at)}s ago")
+        if known is None and token and self._remember:
+            if len(self._verified) >= self._remember:
+                self._verified.clear()
+            self._verified[token] = claims
+        return claims
+
+    def _signed_claims(self, token: str | None) -> DeviceClaims:
+        """The claims of a token this key signed for one of the audiences, whatever its expiry."""
         if not token:
             raise TokenError(TokenProblem.MISSING, "no device token: send 'authorization: Bearer <token>'")
         if len(token) > MAX_TOKEN_CHARS:
@@ -132,9 +158,6 @@ class TokenVerifier:
             raise TokenError(TokenProblem.MALFORMED, "device token claims are unreadable")
         if claims.job not in self._audiences:
             raise TokenError(TokenProblem.WRONG_JOB, self._wrong_audience(claims.job))
-        current = time.time() if now is None else now
-        if current >= claims.expires_at:
-            raise TokenError(TokenProblem.EXPIRED, f"device token expired {int(current - claims.expires_at)}s ago")
         return claims
 
     def _wrong_audience(self, claimed: str) -> str:
