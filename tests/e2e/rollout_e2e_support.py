@@ -121,7 +121,7 @@ def accuracy_metric(
         "interval": interval,
         "count": count,
         "minReportingDevices": extra.pop("minReportingDevices", 2),
-        "inconclusiveLimit": extra.pop("inconclusiveLimit", 5),
+        "inconclusiveLimit": extra.pop("inconclusiveLimit", 20),
         "baseline": baseline,
         "successCondition": condition,
         "provider": {"prometheus": {"query": query}},

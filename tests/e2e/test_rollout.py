@@ -107,6 +107,12 @@ class Follower:
 
     def poll(self) -> JSON:
         status = rollout_status(self.kube, self.ns, self.name)
+        seen = (status.get("phase"), status.get("reason"), status.get("stepIndex"), status.get("weight"))
+        if seen != getattr(self, "_last", None):
+            self._last = seen
+            runs = [(r.get("metric"), r.get("phase"), (r.get("measurements") or [{}])[-1].get("message"))
+                    for r in status.get("analysisRuns", [])]  # fmt: skip
+            print(f"{time.strftime('%H:%M:%S')} {self.name}: {seen} {status.get('message', '')!r} {runs}", flush=True)
         candidate = status.get("candidate") or self.candidate
         running = self.devices.running()
         online = self.devices.online()
@@ -133,6 +139,7 @@ class Follower:
             time.sleep(0.5)
 
 
+@pytest.mark.timeout(1800)
 def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
     control_plane: cluster.ControlPlane,
     kube: KubeApi,
