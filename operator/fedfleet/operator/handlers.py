@@ -70,6 +70,9 @@ class OperatorState:
     api: JobApi
     metrics: OperatorMetrics
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    #: The ModelRollout controller, made on first use (rollout_handlers). Kept here, not in a handler's memo:
+    #: kopf gives each object its own copy of the memo, and one controller (one set of metrics) serves all.
+    rollouts: Any = None
 
 
 def operator_memo(

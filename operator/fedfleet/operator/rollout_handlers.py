@@ -23,7 +23,6 @@ from fedfleet.operator.rollout_controller import RolloutController, RolloutSetti
 from fedfleet.operator.rollout_metrics import RolloutMetrics
 
 log = logging.getLogger("fedfleet.operator.rollout")
-MEMO_ROLLOUTS = "rollouts"
 RETRY_DELAY = 5.0
 CANCELLATION_TIMEOUT = 30.0
 
@@ -41,10 +40,13 @@ def build_controller(memo: kopf.Memo) -> RolloutController:
 
 
 def _controller(memo: kopf.Memo) -> RolloutController:
-    controller: RolloutController | None = memo.get(MEMO_ROLLOUTS)
-    if controller is None:
-        controller = build_controller(memo)
-        memo[MEMO_ROLLOUTS] = controller
+    """The operator's one controller: every rollout's handlers share it (and its metrics)."""
+    from fedfleet.operator.handlers import _state
+
+    state = _state(memo)
+    if state.rollouts is None:
+        state.rollouts = build_controller(memo)
+    controller: RolloutController = state.rollouts
     return controller
 
 
