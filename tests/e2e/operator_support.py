@@ -94,7 +94,9 @@ def kubectl(
     env = clean_env()
     if with_plugins:
         env["PATH"] = f"{FEDFLEET.parent}{os.pathsep}{env.get('PATH', '')}"
-    argv = [str(cp.binary("kubectl")), f"--kubeconfig={kubeconfig or cp.kubeconfig}", *args]
+    config = f"--kubeconfig={kubeconfig or cp.kubeconfig}"
+    # kubectl takes no flags before a plugin's name: the plugin gets them (and reads --kubeconfig itself).
+    argv = [str(cp.binary("kubectl")), *(args[:1] if with_plugins else ()), config, *args[int(with_plugins) :]]
     return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
