@@ -252,11 +252,12 @@ def test_a_corrupted_masked_input_can_be_resent_and_a_wrong_sized_one_drops_its_
     assert harness.metric("fedfleet_updates_rejected_total", reason="secagg_malformed") == 1
 
 
-def test_a_plaintext_upload_is_refused_in_a_secure_job(tmp_path: Path, pki: Pki) -> None:
+def refused_plaintext_uploads(state: Path, pki: Pki, attempts: int, chunk_bytes: int) -> list[AggregatorError]:
+    """A device of a secure job sends plaintext updates `attempts` times; what each attempt was refused with."""
     job = secure_job("secagg-plaintext", clients=2, min_reports=2)
 
-    async def scenario() -> AggregatorError:
-        async with running(job, tmp_path / "state", pki) as harness:
+    async def scenario() -> list[AggregatorError]:
+        async with running(job, state, pki) as harness:
             client = harness.client("p0")
             other = harness.client("p1")
             for c in (client, other):
@@ -264,11 +265,18 @@ def test_a_plaintext_upload_is_refused_in_a_secure_job(tmp_path: Path, pki: Pki)
             task = await wait_task(client)
             model = await client.download_model(task.model_version)
             payload = bytes(codec.encode_vector(np.zeros(model.weights.shape[0], np.float32)))
-            with pytest.raises(AggregatorError) as caught:
-                await client.send_upload(messages(task, payload, model.layout))
-            return caught.value
+            errors = []
+            for _ in range(attempts):
+                with pytest.raises(AggregatorError) as caught:
+                    await client.send_upload(messages(task, payload, model.layout, chunk_bytes=chunk_bytes))
+                errors.append(caught.value)
+            return errors
 
-    err = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_plaintext_upload_is_refused_in_a_secure_job(tmp_path: Path, pki: Pki) -> None:
+    [err] = refused_plaintext_uploads(tmp_path / "state", pki, attempts=1, chunk_bytes=1024)
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "secure_only"
     assert "UploadMaskedInput" in err.message
 
@@ -285,23 +293,5 @@ def test_a_device_never_sends_two_masked_inputs_for_one_round_under_different_se
 def test_every_refused_plaintext_upload_hears_its_reason(tmp_path: Path, pki: Pki) -> None:
     """The server refuses from the header while the device is still sending chunks: the device must hear the
     refusal and its reason every time, never a transport error in its place (grpc/grpc#36066)."""
-    job = secure_job("secagg-plaintext-many", clients=2, min_reports=2)
-
-    async def scenario() -> list[AggregatorError]:
-        async with running(job, tmp_path / "state", pki) as harness:
-            client = harness.client("p0")
-            other = harness.client("p1")
-            for c in (client, other):
-                await c.check_in(consent=True, capabilities=Capabilities(train_examples=5))
-            task = await wait_task(client)
-            model = await client.download_model(task.model_version)
-            payload = bytes(codec.encode_vector(np.zeros(model.weights.shape[0], np.float32)))
-            errors = []
-            for _ in range(12):
-                with pytest.raises(AggregatorError) as caught:
-                    await client.send_upload(messages(task, payload, model.layout, chunk_bytes=256))
-                errors.append(caught.value)
-            return errors
-
-    errors = asyncio.run(scenario())
+    errors = refused_plaintext_uploads(tmp_path / "state", pki, attempts=12, chunk_bytes=256)
     assert [(e.code, e.reason) for e in errors] == [(grpc.StatusCode.FAILED_PRECONDITION, "secure_only")] * 12
