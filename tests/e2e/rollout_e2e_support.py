@@ -36,13 +36,14 @@ class FleetRunner:
         dataset: DatasetName = "mnist5k",
         test_samples: int = 300,
         split_seed: int = 11,
+        report_every_seconds: float = 5.0,
     ) -> None:
         links = grpc_links(target, fleet=fleet, token_key=token_key, ca_pem=ca_pem, call_seconds=30.0)
         trusted = TrustedKeys(PublicKey.from_text(text) for text in trusted_keys)
         spec = RolloutFleetSpec(devices=devices, seed=seed, silent_fraction=silent_fraction)
         # Devices evaluate on the job's held-out split (examples/federatedjob-cluster.yaml: digits, 300, seed 11).
         pool = holdout_pool(dataset, test_samples, split_seed)
-        self.fleet = RolloutFleet(spec, pool, links, trusted, report_every_seconds=5.0)
+        self.fleet = RolloutFleet(spec, pool, links, trusted, report_every_seconds=report_every_seconds)
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._done = threading.Event()
@@ -88,6 +89,20 @@ class FleetRunner:
     def come_online(self, ids: Iterable[str]) -> None:
         self._call(self.fleet.come_online, list(ids))
 
+    def refusals(self) -> dict[str, int]:
+        """Activation failures by reason, summed over the fleet: artifacts the devices would not run."""
+        result: dict[str, int] = self._call(lambda: dict(self.fleet.totals().stats.refused))
+        return result
+
+    def set_reporting(self, on: bool) -> None:
+        """Every device reports health (or, off, none does: they still follow their assignment)."""
+
+        def switch() -> None:
+            for updater in self.fleet.updaters.values():
+                updater.reports_health = on
+
+        self._call(switch)
+
     def errors(self) -> dict[str, str]:
         result: dict[str, str] = self._call(lambda: dict(self.fleet.errors))
         return result
@@ -126,6 +141,20 @@ def accuracy_metric(
         "successCondition": condition,
         "provider": {"prometheus": {"query": query}},
         **extra,
+    }
+
+
+def activation_failures_metric() -> JSON:
+    """Fails as soon as one device refused to run the candidate (its digest or signature did not verify)."""
+    query = 'sum(fedfleet_gateway_activation_failures_total{fleet="{{fleet}}",version="{{version}}"}) or vector(0)'
+    return {
+        "name": "activation-failures",
+        "interval": "4s",
+        "count": 30,
+        "minReportingDevices": 1,
+        "inconclusiveLimit": 30,
+        "failureCondition": "result > 0",
+        "provider": {"prometheus": {"query": query}},
     }
 
 

@@ -9,8 +9,13 @@ One fleet of simulated devices (the real device SDK over gRPC and TLS, with flee
 (b) a deliberately degraded copy fails its first analysis → aborted: connected devices back on the stable
     version within seconds, devices offline during the abort come back on it, the bad version never beyond
     the first step;
-(e, f) a rollout held at `pause: {}`: `kubectl fedfleet status/promote/pause/resume`; the operator SIGKILLed
-    and the gateway pod deleted mid-rollout: the same step, the weight never backwards, no device flips.
+(c) devices that report nothing: the analysis is inconclusive → Paused, never promoted; `kubectl fedfleet
+    abort` sends every device back;
+(d) an artifact tampered with on the gateway's volume: devices refuse to run it and report why, the gate sees
+    the activation failures and aborts;
+(e, f, g) a rollout held at `pause: {}`: the operator SIGKILLed and the gateway pod deleted mid-rollout (the same
+    step, the weight never backwards, no device flips); `spec.model` changed → a new revision from step 0;
+    `kubectl fedfleet status/promote/pause/resume/abort/retry/promote --full`, with an Event for each.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from operator_support import (
     running_pod,
     wait_job,
 )
-from rollout_e2e_support import FleetRunner, accuracy_metric, rollout_manifest, rollout_status
+from rollout_e2e_support import (
+    FleetRunner,
+    accuracy_metric,
+    activation_failures_metric,
+    rollout_manifest,
+    rollout_status,
+)
 
 from fedfleet.models.artifact import ModelArtifact, decode, digest_of, encode
 from fedfleet.proto.fleet_admin import publish_model
@@ -53,7 +64,8 @@ from fedfleet.security.tokens import fleet_identity, issue_token
 
 pytestmark = pytest.mark.e2e
 
-DEVICES = 500
+# At the 1 % step 800 devices put ~8 in the canary: the chance that none is there to report is 0.03 %.
+DEVICES = 800
 JSON = dict[str, Any]
 
 
@@ -71,10 +83,43 @@ def _share_bound(weight: float, devices: int) -> float:
 
 def _degraded(data: bytes) -> bytes:
     """The model with its weights drowned in noise: a candidate that must never pass an analysis."""
+    return _with_noise(data, seed=5, scale=5.0, floor=1.0)
+
+
+def _nudged(data: bytes, seed: int) -> bytes:
+    """The model with a trace of noise: another version (another digest), as accurate as the stable one."""
+    return _with_noise(data, seed=seed, scale=1e-4, floor=0.0)
+
+
+def _with_noise(data: bytes, *, seed: int, scale: float, floor: float) -> bytes:
     artifact = decode(data)
-    rng = np.random.default_rng(5)
-    noisy = artifact.weights + rng.normal(0, 5 * float(np.std(artifact.weights)) + 1.0, artifact.weights.shape)
+    rng = np.random.default_rng(seed)
+    std = scale * float(np.std(artifact.weights)) + floor
+    noisy = artifact.weights + rng.normal(0, std, artifact.weights.shape)
     return encode(ModelArtifact(artifact.header, noisy.astype(np.float32)))
+
+
+def _tamper_on_the_gateway_volume(agent: NodeAgent, digest: str) -> None:
+    """Flip one byte of the stored artifact's weights where the gateway keeps it (the node agent's directory
+    for the gateway's data volume): the gateway serves the bytes as stored, only devices check them."""
+    name = digest.removeprefix("sha256:")
+    found = [p for p in agent.state_dir.rglob(name) if p.parent.name == "sha256" and p.is_file()]
+    assert len(found) == 1, f"the stored artifact {digest}: {found}"
+    blob = bytearray(found[0].read_bytes())
+    blob[-5] ^= 0xFF
+    found[0].write_bytes(bytes(blob))
+
+
+def _plugin(control_plane: cluster.ControlPlane, ns: str, *args: str) -> str:
+    """`kubectl fedfleet ARGS` in the namespace; its output, after asserting it succeeded."""
+    done = kubectl(control_plane, "fedfleet", "-n", ns, *args, with_plugins=True)
+    assert done.returncode == 0, f"kubectl fedfleet {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def _event_reasons(kube: KubeApi, ns: str, name: str) -> set[str]:
+    events = kube.get(f"/api/v1/namespaces/{ns}/events", fieldSelector=f"involvedObject.name={name}")
+    return {e["reason"] for e in events["items"]}
 
 
 def _download(target: str, ca: bytes, token_key: bytes, digest: str) -> bytes:
@@ -140,7 +185,7 @@ class Follower:
 
 
 @pytest.mark.timeout(1800)
-def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
+def test_rollouts_of_a_trained_model_then_bad_silent_tampered_and_steered_ones(
     control_plane: cluster.ControlPlane,
     kube: KubeApi,
     node_agent: NodeAgent,
@@ -179,12 +224,19 @@ def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
     for weight in (1, 5, 25):
         steps += [{"setWeight": weight}, {"pause": {"duration": "20s"}}, {"analysis": {"metrics": ["accuracy"]}}]
     steps.append({"setWeight": 100})
-    metric = accuracy_metric("result >= 0.5", minReportingDevices=2, count=2, interval="5s")
+    metric = accuracy_metric("result >= 0.5", minReportingDevices=1, count=2, interval="5s")
     first = rollout_manifest("digits", {"federatedJob": job}, steps, [metric])
     assert apply(control_plane, ns, first).returncode == 0
     keys = wait_for("the fleet's trusted keys", trusted_keys, timeout=60)
     devices = FleetRunner(
-        target, token_key=token_key, ca_pem=ca, trusted_keys=keys, devices=DEVICES, seed=3, dataset="digits"
+        target,
+        token_key=token_key,
+        ca_pem=ca,
+        trusted_keys=keys,
+        devices=DEVICES,
+        seed=3,
+        dataset="digits",
+        report_every_seconds=10.0,
     )
     try:
         follow = Follower(kube, ns, "digits", devices, good)
@@ -236,19 +288,64 @@ def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
         status = rollout_status(kube, ns, "digits-bad")
         assert status["weight"] == 0 and status["reason"] in ("AnalysisFailed", "AnalysisError")
 
-        # --- (e, f) a held rollout, steered with kubectl fedfleet, through an operator kill and a gateway restart --
-        held = rollout_manifest(
-            "digits-held",
-            {"artifact": bad},
-            [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
-            [metric],
-        )
-        # Its own conditions are never measured here (no analysis step): the steps are what is under test.
+        # --- (c) devices that report nothing: inconclusive → paused, never promoted; then aborted by hand ----------
+        good_bytes = _download(target, ca, token_key, good)
+        quiet = publish_model(target, ca, admin, _nudged(good_bytes, seed=1))
+        devices.set_reporting(False)
+        metric = accuracy_metric("result >= 0.5", minReportingDevices=1, inconclusiveLimit=3)
+        silent = rollout_manifest(
+            "digits-quiet", {"artifact": quiet}, [{"setWeight": 10}, {"analysis": {"metrics": ["accuracy"]}},
+                                                  {"setWeight": 100}], [metric],
+        )  # fmt: skip
+        assert apply(control_plane, ns, silent).returncode == 0
+        follow = Follower(kube, ns, "digits-quiet", devices, quiet)
+        status = follow.until("the pause", lambda s: s.get("phase") in ("Paused", "Healthy", "Degraded"), timeout=180)
+        assert (status["phase"], status["reason"], status["weight"]) == ("Paused", "AnalysisInconclusive", 10), status
+        assert all(m["message"].startswith("no data") for m in status["analysisRuns"][0]["measurements"]), status
+        time.sleep(10)  # and it stays there: no data never passes
+        status = follow.poll()
+        assert (status["phase"], status["weight"], follow.max_weight) == ("Paused", 10, 10), status
+        assert quiet in set(devices.versions(True))
+        _plugin(control_plane, ns, "abort", "digits-quiet")
+        follow.until("the abort", lambda s: s.get("phase") == "Degraded", timeout=60)
+        wait_for("every connected device back on stable", lambda: set(devices.versions(True)) == {good}, timeout=30)
+        assert rollout_status(kube, ns, "digits-quiet")["reason"] == "Aborted"
+        assert {"AnalysisInconclusive", "Aborted"} <= _event_reasons(kube, ns, "digits-quiet")
+        devices.set_reporting(True)
+
+        # --- (d) an artifact tampered with where the gateway stores it: refused by devices, aborted by the gate ----
+        tampered = publish_model(target, ca, admin, _nudged(good_bytes, seed=2))
+        _tamper_on_the_gateway_volume(node_agent, tampered)
+        refused_before = devices.refusals().get("digest_mismatch", 0)
+        metrics = [activation_failures_metric(), accuracy_metric("result >= 0.5", minReportingDevices=1)]
+        broken = rollout_manifest(
+            "digits-tampered", {"artifact": tampered},
+            [{"setWeight": 10}, {"analysis": {"metrics": ["activation-failures", "accuracy"]}}, {"setWeight": 100}],
+            metrics,
+        )  # fmt: skip
+        assert apply(control_plane, ns, broken).returncode == 0
+        follow = Follower(kube, ns, "digits-tampered", devices, tampered)
+        status = follow.until("the abort", lambda s: s.get("phase") in ("Degraded", "Healthy"), timeout=180)
+        assert (status["phase"], status["reason"]) == ("Degraded", "AnalysisFailed"), status
+        assert devices.refusals().get("digest_mismatch", 0) > refused_before, devices.refusals()
+        assert tampered not in set(devices.versions()), "a device runs the tampered artifact"
+        assert follow.max_weight <= 10
+        wait_for("every connected device on stable", lambda: set(devices.versions(True)) == {good}, timeout=30)
+
+        # --- (e, f, g) a held rollout, steered with kubectl fedfleet, through an operator kill and a gateway restart
+        held_steps: list[JSON] = [
+            {"setWeight": 10},
+            {"pause": {}},
+            {"setWeight": 30},
+            {"pause": {"duration": "1h"}},
+            {"setWeight": 100},
+        ]
+        # Its conditions are never measured here (no analysis step): the steps and the controls are under test.
+        held = rollout_manifest("digits-held", {"artifact": bad}, held_steps, [metric])
         assert apply(control_plane, ns, held).returncode == 0
         follow = Follower(kube, ns, "digits-held", devices, bad)
         follow.until("the pause", lambda s: s.get("phase") == "Paused" and s.get("weight") == 10, timeout=120)
-        shown = kubectl(control_plane, "fedfleet", "-n", ns, "status", "digits-held", with_plugins=True)
-        assert shown.returncode == 0 and "Weight:    10%" in shown.stdout, shown.stdout + shown.stderr
+        assert "Weight:    10%" in _plugin(control_plane, ns, "status", "digits-held")
         wait_for("the canary on its devices", lambda: bad in set(devices.versions(True)), timeout=60)
         snapshot = devices.running()
 
@@ -273,12 +370,40 @@ def test_rollouts_of_a_trained_model_then_a_bad_one_then_a_held_one(
         flipped = [d for d in snapshot if snapshot[d] is not None and now[d] is not None and now[d] != snapshot[d]]
         assert not flipped, f"{len(flipped)} devices changed version while nothing changed: {flipped[:5]}"
 
-        promoted = kubectl(control_plane, "fedfleet", "-n", ns, "promote", "digits-held", with_plugins=True)
-        assert promoted.returncode == 0, promoted.stderr
-        follow.until("Healthy after promote", lambda s: s.get("phase") == "Healthy", timeout=120)
-        events = kube.get(f"/api/v1/namespaces/{ns}/events", fieldSelector="involvedObject.name=digits-held")
-        reasons = {e["reason"] for e in events["items"]}
-        assert {"WeightSet", "WaitingForPromotion", "Promoted", "RolloutCompleted"} <= reasons, reasons
+        # (g) Another model in spec: a new revision, from step 0, on a fresh cohort.
+        revision = status["revision"]
+        other = publish_model(target, ca, admin, _nudged(good_bytes, seed=3))
+        held = rollout_manifest("digits-held", {"artifact": other}, held_steps, [metric])
+        assert apply(control_plane, ns, held).returncode == 0
+        follow = Follower(kube, ns, "digits-held", devices, other)
+        status = follow.until("the new revision", lambda s: s.get("candidate") == other and s.get("phase") == "Paused",
+                              timeout=120)  # fmt: skip
+        assert (status["revision"], status["stepIndex"], status["weight"]) == (revision + 1, 1, 10), status
+        wait_for("the old candidate gone from the devices", lambda: bad not in set(devices.versions(True)), 30)
+
+        # The controls: promote past the pause, pause and resume the timed pause, abort, retry, promote in full.
+        _plugin(control_plane, ns, "promote", "digits-held")
+        follow.until("weight 30", lambda s: s.get("weight") == 30 and s.get("reason") == "TimedPause", timeout=60)
+        _plugin(control_plane, ns, "pause", "digits-held")
+        follow.until("paused by a user", lambda s: s.get("reason") == "PausedByUser", timeout=60)
+        assert rollout_status(kube, ns, "digits-held")["phase"] == "Paused"
+        _plugin(control_plane, ns, "resume", "digits-held")
+        follow.until("resumed", lambda s: s.get("reason") == "TimedPause", timeout=60)
+        _plugin(control_plane, ns, "abort", "digits-held")
+        follow.until("aborted", lambda s: s.get("phase") == "Degraded" and s.get("weight") == 0, timeout=60)
+        wait_for("every connected device on stable", lambda: set(devices.versions(True)) == {good}, timeout=30)
+        _plugin(control_plane, ns, "retry", "digits-held")
+        follow.until("retried from step 0", lambda s: s.get("phase") == "Paused" and s.get("weight") == 10, 60)
+        _plugin(control_plane, ns, "promote", "--full", "digits-held")
+        follow.until("Healthy after promote --full", lambda s: s.get("phase") == "Healthy", timeout=120)
+        waited = kubectl(control_plane, "wait", "-n", ns, "--for=condition=Healthy", "modelrollout/digits-held",
+                         "--timeout=10s")  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+        wait_for("every online device on the new stable version", lambda: set(devices.versions(True)) == {other}, 60)
+        reasons = _event_reasons(kube, ns, "digits-held")
+        expected = {"WeightSet", "WaitingForPromotion", "NewRevision", "Promoted", "PausedByUser", "Resumed",
+                    "Aborted", "Retried", "PromotedFull"}  # fmt: skip
+        assert expected <= reasons, expected - reasons
         assert not devices.errors(), devices.errors()
     finally:
         devices.stop()
