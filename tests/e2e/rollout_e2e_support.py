@@ -83,6 +83,20 @@ class FleetRunner:
         )
         return result
 
+    def unsettled(self) -> list[str]:
+        """Online devices not (yet) running the version they were last assigned: still downloading, or about to."""
+
+        def check() -> list[str]:
+            online = self.fleet.online()
+            return sorted(
+                i
+                for i, u in self.fleet.updaters.items()
+                if i in online and u.assigned is not None and u.running_version != u.assigned.version
+            )
+
+        result: list[str] = self._call(check)
+        return result
+
     def go_offline(self, ids: Iterable[str]) -> None:
         self._call(self.fleet.go_offline, list(ids))
 

@@ -347,6 +347,7 @@ def test_rollouts_of_a_trained_model_then_bad_silent_tampered_and_steered_ones(
         follow.until("the pause", lambda s: s.get("phase") == "Paused" and s.get("weight") == 10, timeout=120)
         assert "Weight:    10%" in _plugin(control_plane, ns, "status", "digits-held")
         wait_for("the canary on its devices", lambda: bad in set(devices.versions(True)), timeout=60)
+        wait_for("every online device on what it is assigned", lambda: not devices.unsettled(), timeout=60)
         snapshot = devices.running()
 
         # The operator dies: a new one continues at the same step, and no device changes what it runs.
