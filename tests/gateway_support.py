@@ -177,13 +177,14 @@ def canary_and_stable_devices(candidate_weight: float, count: int = 2) -> tuple[
 
 @dataclass
 class LiveGateway:
-    """A GatewayApp on 127.0.0.1 (free ports) with a fresh CA, token key and admin secret."""
+    """A GatewayApp on 127.0.0.1 (free ports) with a fresh CA, token key, admin secret and publish secret."""
 
     app: Any  # fedfleet.gateway.app.GatewayApp
     store: ArtifactStore
     ca_pem: bytes
     token_key: bytes
     admin_secret: str
+    publish_secret: str
 
     @property
     def target(self) -> str:
@@ -203,8 +204,13 @@ class LiveGateway:
     def admin_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.admin_secret}"),)
 
+    def publish_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.publish_secret}"),)
 
-async def start_gateway(state_dir: Path, **overrides: Any) -> LiveGateway:
+
+async def start_gateway(state_dir: Path, *, publish_secret: bool = True, **overrides: Any) -> LiveGateway:
+    """`publish_secret`: whether the gateway has one (a config without auth.publishToken has none; the
+    LiveGateway's is then a secret the gateway does not know). `overrides`: GatewayConfig fields."""
     from fedfleet.api.aggregator_config import Endpoint
     from fedfleet.gateway.app import GatewayApp, GatewaySecurity
     from fedfleet.gateway.config import GatewayConfig
@@ -213,7 +219,10 @@ async def start_gateway(state_dir: Path, **overrides: Any) -> LiveGateway:
 
     ca = generate_ca("test gateway CA")
     server = issue_server_cert(ca, ["localhost", "127.0.0.1"])
-    security = GatewaySecurity(server.cert_pem, server.key_pem, ca.cert_pem, new_key(), new_key().hex())
+    publish = new_key().hex()
+    security = GatewaySecurity(
+        server.cert_pem, server.key_pem, ca.cert_pem, new_key(), new_key().hex(), publish if publish_secret else None
+    )
     settings: dict[str, Any] = {
         "listen": Endpoint(host="127.0.0.1", port=0),
         "http": Endpoint(host="127.0.0.1", port=0),
@@ -225,4 +234,4 @@ async def start_gateway(state_dir: Path, **overrides: Any) -> LiveGateway:
     store = ArtifactStore(state_dir / "artifacts")
     app = GatewayApp(GatewayConfig(**settings), security, store, registry=CollectorRegistry())
     await app.start()
-    return LiveGateway(app, store, ca.cert_pem, security.token_key, security.admin_secret)
+    return LiveGateway(app, store, ca.cert_pem, security.token_key, security.admin_secret, publish)

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("model", type=Path, help="a model file written by `fedfleet run` or an aggregator")
     publish.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway's gRPC address")
     publish.add_argument("--ca", type=Path, required=True, help="PEM certificate of the gateway's CA")
-    publish.add_argument("--admin-token", type=Path, required=True, help="the gateway's FleetAdmin secret (hex file)")
+    publish.add_argument("--admin-token", type=Path, required=True,
+                         help="the gateway's admin token, or its publish token (hex file)")  # fmt: skip
     publish.add_argument(
         "--job", help="the job the model came from (default: the run's, from summary.json beside the model)"
     )

@@ -27,7 +27,7 @@ CONFIG = """\
 listen: {host: 127.0.0.1, port: 0}
 http: {host: 127.0.0.1, port: 0}
 tls: {generate: true}
-auth: {generate: true}
+auth: {publishToken: publish.token, generate: true}
 fleets: [default]
 """
 
@@ -51,7 +51,7 @@ def test_the_gateway_process_starts_serves_and_stops_cleanly(tmp_path: Path) -> 
                 break
         assert ports is not None, f"the gateway did not start (exit {process.poll()})"
         grpc_port, http_port = int(ports.group(1)), int(ports.group(2))
-        for name in ("tls/ca.crt", "tls/server.key", "token.key", "admin.token"):
+        for name in ("tls/ca.crt", "tls/server.key", "token.key", "admin.token", "publish.token"):
             assert (tmp_path / name).exists(), name
 
         async def as_a_device() -> None:

@@ -133,8 +133,8 @@ def test_a_completed_job_publishes_its_model_to_the_gateway(
     gw = tmp_path / "gateway"
     gw.mkdir()
     (gw / "gateway.yaml").write_text(
-        "listen: {host: 127.0.0.1, port: 0}\nhttp: null\ntls: {generate: true}\nauth: {generate: true}\n"
-        "fleets: [default]\n"
+        "listen: {host: 127.0.0.1, port: 0}\nhttp: null\ntls: {generate: true}\n"
+        "auth: {publishToken: publish.token, generate: true}\nfleets: [default]\n"
     )
     agg = tmp_path / "aggregator"
     agg.mkdir()
@@ -149,7 +149,9 @@ def test_a_completed_job_publishes_its_model_to_the_gateway(
             "job: job.json\nlisten: {host: 127.0.0.1, port: 0}\nhttp: null\n"
             "tls: {cert: tls/server.crt, key: tls/server.key, ca: tls/ca.crt, generate: true}\n"
             "auth: {tokenKey: token.key, generate: true}\nstateDir: state\nsettleSeconds: 0.5\nlingerSeconds: 2\n"
-            f"gateway: {{address: '127.0.0.1:{gw_port}', caFile: {gw}/tls/ca.crt, adminTokenFile: {gw}/admin.token}}\n"
+            # The publish token, as the operator gives aggregators: it publishes and may make no other call.
+            f"gateway: {{address: '127.0.0.1:{gw_port}', caFile: {gw}/tls/ca.crt, "
+            f"publishTokenFile: {gw}/publish.token}}\n"
         )
         in_a_pod = {
             "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port),

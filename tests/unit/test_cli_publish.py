@@ -71,6 +71,15 @@ def test_publish_prints_the_digest_the_gateway_stores_with_the_runs_facts(
     assert (meta.job, meta.accuracy, meta.epsilon) == ("team/named", None, None)
 
 
+def test_the_publish_token_publishes_too(tmp_path: Path, live: LiveGateway, capsys: pytest.CaptureFixture[str]) -> None:
+    # The token an aggregator holds is enough for `fedfleet publish`: it may publish, and nothing else.
+    write_key(tmp_path / "publish.token", bytes.fromhex(live.publish_secret))
+    args = credentials(tmp_path, live)
+    args[args.index("--admin-token") + 1] = str(tmp_path / "publish.token")
+    assert main(["publish", str(run_dir(tmp_path, None)), *args]) == EXIT_OK
+    assert live.store.has(capsys.readouterr().out.strip())
+
+
 def test_a_model_outside_a_run_is_named_after_its_directory(
     tmp_path: Path, live: LiveGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,9 +2,10 @@
 
 When the job completes, the aggregator turns the `model.pt` it saved into the published artifact format
 (fedfleet.models.artifact: data only, content-addressed), with the job, the round, the server's accuracy of
-that very model and the ε spent as metadata, and streams it to the gateway named in its configuration
-(fedfleet.proto.fleet_admin, retrying while the gateway is unreachable). The job's status then carries
-`status.model` (fedfleet.api.status.PublishedModel): the digest a ModelRollout names as its candidate.
+that very model and the ε spent as metadata, and streams it to the gateway named in its configuration with
+the gateway's publish token (fedfleet.proto.fleet_admin, retrying while the gateway is unreachable). The job's
+status then carries `status.model` (fedfleet.api.status.PublishedModel): the digest a ModelRollout names as its
+candidate.
 
 Publishing never decides whether the job completed: a job whose model could not be published is still
 complete, and its outcome's message says the model is not published and why, so the operator can show it.
@@ -100,7 +101,7 @@ def publish_final_model(
     try:
         artifact, data = package_final_model(model, now)
         ca_pem = gateway.ca_file.read_bytes()
-        token = read_key(gateway.admin_token_file).hex()
+        token = read_key(gateway.publish_token_file).hex()
     except ArtifactError as exc:
         return Publication(error=f"the final model cannot be packaged: {exc}")
     except OSError as exc:

@@ -11,7 +11,7 @@ writes it, and the aggregator, which reads it.
     maxUpdateBytes: null             # default: the model's size in float32
     fleetSize: 100                   # devices the job's fleet is planned to have
     evaluation: {dataset: digits, testSamples: 200}   # the server's held-out evaluation data
-    gateway: {address: gw:7443, caFile: gateway/ca.crt, adminTokenFile: gateway/admin.token}   # optional
+    gateway: {address: gw:7443, caFile: gateway/ca.crt, publishTokenFile: gateway/publish.token}   # optional
 
 Both sides import this module, which sits on the bottom floor because the operator may not import
 `fedfleet.aggregator`: the operator builds an `AggregatorConfig` (`operator/resources/configmap.py`), the
@@ -84,12 +84,14 @@ GATEWAY_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]{0,251
 
 
 class GatewaySection(_Section):
-    """Where the job's final model is published when the job completes: the fleet gateway's FleetAdmin.
-    Without this section (a local `fedfleet run`, `fedfleet aggregator` started by hand) nothing is published."""
+    """Where the job's final model is published when the job completes: the fleet gateway's FleetAdmin, with
+    its publish token (PublishModel and nothing else: an aggregator never holds the admin token, which can
+    change what fleets run). Without this section (a local `fedfleet run`, `fedfleet aggregator` started by
+    hand) nothing is published."""
 
     address: str = Field(..., max_length=260, description="host:port of the gateway's gRPC port")
     ca_file: Path = Field(..., description="PEM certificate of the CA the gateway's certificate chains to")
-    admin_token_file: Path = Field(..., description="hex file: the gateway's FleetAdmin secret")
+    publish_token_file: Path = Field(..., description="hex file: the gateway's publish token (PublishModel only)")
 
     @field_validator("address")
     @classmethod
@@ -187,7 +189,7 @@ class AggregatorConfig(_Section):
             update["ledger_path"] = at(self.ledger_path)
         if self.gateway is not None:
             update["gateway"] = self.gateway.model_copy(
-                update={"ca_file": at(self.gateway.ca_file), "admin_token_file": at(self.gateway.admin_token_file)}
+                update={"ca_file": at(self.gateway.ca_file), "publish_token_file": at(self.gateway.publish_token_file)}
             )
         return self.model_copy(update=update)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -70,7 +72,8 @@ class GatewaySecurity:
     key_pem: bytes
     ca_pem: bytes
     token_key: bytes
-    admin_secret: str  # what FleetAdmin callers send as their bearer token
+    admin_secret: str  # what FleetAdmin callers send as their bearer token: every call
+    publish_secret: str | None = None  # the bearer token for PublishModel alone; None: there is none
 
 
 def prepare_security(config: GatewayConfig) -> GatewaySecurity:
@@ -81,15 +84,29 @@ def prepare_security(config: GatewayConfig) -> GatewaySecurity:
         hosts = list(dict.fromkeys([config.listen.host, "localhost", "127.0.0.1", *tls.hosts]))
         write_tls_files(files, "fleet gateway", [h for h in hosts if h not in ("0.0.0.0", "::")])
     if auth.generate:
-        for path in (auth.token_key, auth.admin_token):
-            if not path.exists():
+        for path in (auth.token_key, auth.admin_token, auth.publish_token):
+            if path is not None and not path.exists():
                 write_key(path, new_key())
     try:
         cert, key = files.server_cert.read_bytes(), files.server_key.read_bytes()
         ca = files.ca_cert.read_bytes() if files.ca_cert.exists() else b""
     except OSError as exc:
         raise ValueError(f"TLS: cannot read {exc.filename}: {exc.strerror}") from None
-    return GatewaySecurity(cert, key, ca, read_key(auth.token_key), read_key(auth.admin_token).hex())
+    token_key = _key("auth.tokenKey", auth.token_key)
+    admin = _key("auth.adminToken", auth.admin_token).hex()
+    publish = None if auth.publish_token is None else _key("auth.publishToken", auth.publish_token).hex()
+    if publish is not None and hmac.compare_digest(publish, admin):
+        # Two files with one secret: whoever holds the publish token could rewrite every fleet's view.
+        raise ValueError(f"auth.publishToken: {auth.publish_token} holds the admin secret; it must hold its own")
+    return GatewaySecurity(cert, key, ca, token_key, admin, publish)
+
+
+def _key(field: str, path: Path) -> bytes:
+    """A hex key file; ValueError naming the config field and the file."""
+    try:
+        return read_key(path)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 def token_verifier(key: bytes, fleets: list[str], remember: int = 0) -> TokenVerifier:
@@ -173,7 +190,7 @@ class GatewayApp:
         remember = self.gateway.settings.max_tracked_devices
         verifier = token_verifier(self.security.token_key, self.config.fleets, remember)
         fleet = FleetService(self.gateway, verifier)
-        admin = FleetAdminService(self.gateway, self.security.admin_secret)
+        admin = FleetAdminService(self.gateway, self.security.admin_secret, self.security.publish_secret)
         for servicer, name in ((fleet, "Fleet"), (admin, "FleetAdmin")):
             guard.add_guarded_servicer(servicer, server, name, pb, on_malformed, limits, malformed_in_stream)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

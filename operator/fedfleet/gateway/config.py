@@ -3,7 +3,7 @@
     listen: {host: 0.0.0.0, port: 50052}        # gRPC: fedfleet.v1.Fleet and FleetAdmin, health, reflection
     http: {host: 0.0.0.0, port: 9091}           # /metrics, /healthz, /readyz; null: none
     tls: {cert: tls/server.crt, key: tls/server.key, ca: tls/ca.crt, generate: false, hosts: []}
-    auth: {tokenKey: token.key, adminToken: admin.token, generate: false}
+    auth: {tokenKey: token.key, adminToken: admin.token, publishToken: publish.token, generate: false}
     artifactDir: artifacts                      # the content-addressed model store (the gateway's volume)
     stateDir: state                             # each fleet's current view
     fleets: [default]
@@ -11,6 +11,11 @@
     watchKeepaliveSeconds: 30
     limits: {maxAttributes: 32, maxWatchStreams: 20000, ...}
     viewSource: {kind: configmap, namespace: fedfleet-system, intervalSeconds: 1}   # optional, see below
+
+`auth.adminToken` is the FleetAdmin secret for every call; `auth.publishToken` (optional: a config without
+it has only the admin secret) is accepted for PublishModel alone. Aggregators hold the publish token: they run
+next to users' training pods, and a token that leaks from there can add an artifact to the store but never
+change which model a fleet runs (PutFleetView).
 
 `viewSource` says where each fleet's view comes from besides the FleetAdmin API: `configmap` reads the
 ConfigMaps `fedfleet-fleet-<fleet>` the operator writes (gateway/view_source.py), through the API server as
@@ -27,10 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from fedfleet.api.aggregator_config import ConfigError, Endpoint, TlsSection, parse_settings, read_settings
+from fedfleet.api.federatedjob import SpecError
 
 from .core import GatewaySettings
 from .inputs import AttributeLimits
@@ -52,7 +58,18 @@ class GatewayAuth(_Section):
     admin_token: Path = Field(
         Path("admin.token"), description="hex file: the FleetAdmin bearer secret (`fedfleet token keygen`)"
     )
+    publish_token: Path | None = Field(
+        None, description="hex file: a bearer secret for PublishModel only (aggregators); none: no such secret"
+    )
     generate: bool = Field(False, description="create the missing key files")
+
+    @model_validator(mode="after")
+    def _publish_token_is_its_own_file(self) -> GatewayAuth:
+        # One file for both would make the publish token an admin token: the least privilege it exists for
+        # would be gone. (Equal contents in two files are refused when the gateway reads them.)
+        if self.publish_token is not None and self.publish_token == self.admin_token:
+            raise SpecError("publishToken", "must be another file than adminToken (the two secrets must differ)")
+        return self
 
 
 #: The in-process defaults (fedfleet.gateway.core): a file that leaves a limit out gets the same.
@@ -144,9 +161,10 @@ class GatewayConfig(_Section):
     def map_paths(self, at: Callable[[Path], Path]) -> GatewayConfig:
         """Every file and directory path passed through `at`: the one list of which fields are paths."""
         tls = self.tls.model_copy(update={"cert": at(self.tls.cert), "key": at(self.tls.key), "ca": at(self.tls.ca)})
-        auth = self.auth.model_copy(
-            update={"token_key": at(self.auth.token_key), "admin_token": at(self.auth.admin_token)}
-        )
+        keys = {"token_key": at(self.auth.token_key), "admin_token": at(self.auth.admin_token)}
+        if self.auth.publish_token is not None:  # left unset otherwise, so a dump still leaves it out
+            keys["publish_token"] = at(self.auth.publish_token)
+        auth = self.auth.model_copy(update=keys)
         update: dict[str, Any] = {
             "tls": tls,
             "auth": auth,

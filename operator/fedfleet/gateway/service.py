@@ -8,7 +8,12 @@ its own, this layer the ones it finds (credentials).
 
 Device tokens are the job tokens of security/tokens.py with a fleet as the audience; one key serves every
 fleet of the gateway, and a token for a fleet this gateway does not serve (or a job's) is PERMISSION_DENIED.
-An expired token is UNAUTHENTICATED: a fresh token fixes it. The admin secret is compared in constant time.
+An expired token is UNAUTHENTICATED: a fresh token fixes it.
+
+FleetAdmin has two bearer secrets, both compared in constant time: the admin secret may make every call, the
+publish secret (optional) only PublishModel — it is what aggregators hold, next to users' training pods, so a
+leaked one can add an artifact to the store but never change which model a fleet runs. The publish secret on
+another call is PERMISSION_DENIED (publish_token_only): the caller is known, the call is not its to make.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ REFUSAL_CODES: dict[Refusal, grpc.StatusCode] = {
     Refusal.TOKEN_BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
     Refusal.TOKEN_EXPIRED: grpc.StatusCode.UNAUTHENTICATED,
     Refusal.ADMIN_TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Refusal.PUBLISH_TOKEN_ONLY: grpc.StatusCode.PERMISSION_DENIED,
     Refusal.TOKEN_WRONG_FLEET: grpc.StatusCode.PERMISSION_DENIED,
     Refusal.MALFORMED_MESSAGE: grpc.StatusCode.INVALID_ARGUMENT,
     Refusal.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
@@ -63,6 +69,9 @@ TOKEN_REFUSALS: dict[TokenProblem, Refusal] = {
     TokenProblem.WRONG_JOB: Refusal.TOKEN_WRONG_FLEET,
     TokenProblem.EXPIRED: Refusal.TOKEN_EXPIRED,
 }
+
+#: The FleetAdmin calls the publish secret may make.
+PUBLISH_METHODS = frozenset({"PublishModel"})
 
 #: Bytes of one data message of PublishModel (devices get at most 256 KiB per DownloadArtifact message).
 MAX_PUBLISH_CHUNK_BYTES = 1 << 20
@@ -216,19 +225,39 @@ class FleetService:
 
 
 class FleetAdminService:
-    """Implements fedfleet.v1.FleetAdmin."""
+    """Implements fedfleet.v1.FleetAdmin: every call with the admin secret, PublishModel also with the publish
+    secret when there is one."""
 
-    def __init__(self, gateway: Gateway, admin_secret: str) -> None:
+    def __init__(self, gateway: Gateway, admin_secret: str, publish_secret: str | None = None) -> None:
         self._gateway = gateway
         self._secret = admin_secret.encode("ascii")
+        self._publish_secret = None if publish_secret is None else publish_secret.encode("ascii")
+        if self._publish_secret is not None and hmac.compare_digest(self._publish_secret, self._secret):
+            raise ValueError("publish secret: must differ from the admin secret, or it could make every call")
 
-    async def _admin(self, context: Any, method: str) -> None:
+    async def _authorize(self, context: Any, method: str) -> None:
+        """Return when the caller may make `method`; refuse (and count) the call otherwise."""
         token = bearer(context)
         if not token:
-            await self._refuse(context, method, Refusal.TOKEN_MISSING, "no admin token: send 'authorization: Bearer'")
-        # Constant time in the secret: a wrong guess says nothing about how much of it was right.
-        if not hmac.compare_digest(token.encode("utf-8", "replace"), self._secret):
-            await self._refuse(context, method, Refusal.ADMIN_TOKEN_INVALID, "the admin token is not valid")
+            await self._refuse(
+                context, method, Refusal.TOKEN_MISSING, "no admin or publish token: send 'authorization: Bearer'"
+            )
+        presented = token.encode("utf-8", "replace")
+        # Constant time in each secret, and both always compared: neither a wrong guess nor the time taken
+        # says how much of a secret was right, or which one was nearly matched.
+        is_admin = hmac.compare_digest(presented, self._secret)
+        is_publisher = self._publish_secret is not None and hmac.compare_digest(presented, self._publish_secret)
+        if is_admin:
+            return
+        if not is_publisher:
+            await self._refuse(context, method, Refusal.ADMIN_TOKEN_INVALID, "not a valid admin or publish token")
+        if method not in PUBLISH_METHODS:
+            await self._refuse(
+                context,
+                method,
+                Refusal.PUBLISH_TOKEN_ONLY,
+                f"{method}: the publish token may only publish models (PublishModel); {method} needs the admin token",
+            )
 
     async def _refuse(self, context: Any, method: str, reason: Refusal, message: str) -> NoReturn:
         self._gateway.metrics.refused(method, reason)
@@ -237,7 +266,7 @@ class FleetAdminService:
     async def PublishModel(
         self, request_iterator: AsyncIterator[pb.PublishModelChunk], context: Any
     ) -> pb.PublishModelResponse:
-        await self._admin(context, "PublishModel")
+        await self._authorize(context, "PublishModel")
         try:
             first = await anext(aiter(request_iterator), None)
         except GatewayError as err:  # the first message did not parse
@@ -253,7 +282,7 @@ class FleetAdminService:
         return pb.PublishModelResponse(digest=digest, size=first.header.size)
 
     async def PutFleetView(self, request: pb.PutFleetViewRequest, context: Any) -> pb.PutFleetViewResponse:
-        await self._admin(context, "PutFleetView")
+        await self._authorize(context, "PutFleetView")
         releases = {
             digest: SignedParts(record=r.record, signature=r.signature, key_id=r.key_id)
             for digest, r in request.releases.items()
@@ -265,7 +294,7 @@ class FleetAdminService:
         return pb.PutFleetViewResponse(generation=generation, changed=changed)
 
     async def GetFleetSummary(self, request: pb.GetFleetSummaryRequest, context: Any) -> pb.FleetSummary:
-        await self._admin(context, "GetFleetSummary")
+        await self._authorize(context, "GetFleetSummary")
         try:
             summary = self._gateway.summary(request.fleet)
         except GatewayError as err:

@@ -6,6 +6,7 @@ Either way the handlers get them from kopf's operator memo (see fedfleet.operato
 
 from __future__ import annotations
 
+import hmac
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -29,10 +30,18 @@ ENV_PREFIX = "FEDFLEET_OPERATOR_"
 MAX_ADDRESS_LENGTH = 2048
 
 
+#: How the gateway settings are named where they came from (flags or environment variables): address, CA,
+#: admin token, publish token.
+GatewayNames = tuple[str, str, str, str]
+
+
 @dataclass(frozen=True)
 class GatewayLink:
     """How aggregators reach the fleet gateway to publish their final models: its address, and the CA and
-    FleetAdmin token the operator copies into each job's namespace (a pod mounts only Secrets of its own).
+    publish token the operator copies into each job's namespace (a pod mounts only Secrets of its own). The
+    publish token makes PublishModel and no other call: aggregators run next to users' training pods, so what
+    they hold must not be able to change which model a fleet runs. The admin token the operator is given as
+    well is never copied anywhere.
 
     The files are the gateway's Secrets mounted into the operator's pod (the chart does it); their content is
     read once, when the settings are, so reconciliation stays a pure function of the settings."""
@@ -40,14 +49,19 @@ class GatewayLink:
     address: str  # host:port of the gateway's gRPC port
     ca_file: Path
     admin_token_file: Path
+    publish_token_file: Path
     ca_pem: bytes = field(repr=False)
     admin_token: str = field(repr=False)  # hex, as the gateway compares it
+    publish_token: str = field(repr=False)  # hex; the one copied into jobs
 
     @classmethod
-    def load(cls, address: str, ca_file: Path, admin_token_file: Path, names: tuple[str, str, str]) -> GatewayLink:
-        """Read and check the files; ValueError naming the setting (`names`: address, CA, token)."""
+    def load(
+        cls, address: str, ca_file: Path, admin_token_file: Path, publish_token_file: Path, names: GatewayNames
+    ) -> GatewayLink:
+        """Read and check the files; ValueError naming the setting (`names`: address, CA, admin and publish
+        token)."""
         try:
-            GatewaySection(address=address, ca_file=ca_file, admin_token_file=admin_token_file)
+            GatewaySection(address=address, ca_file=ca_file, publish_token_file=publish_token_file)
         except ValidationError as exc:
             raise ValueError(f"{names[0]}: {describe_validation_error(exc).removeprefix('address: ')}") from None
         try:
@@ -56,11 +70,27 @@ class GatewayLink:
             raise ValueError(f"{names[1]}: cannot read {ca_file}: {exc.strerror or exc}") from None
         if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
             raise ValueError(f"{names[1]}: {ca_file} is not a PEM certificate")
-        try:
-            token = read_key(under_root(admin_token_file)).hex()
-        except ValueError as exc:
-            raise ValueError(f"{names[2]}: {exc}") from None
-        return cls(address, ca_file, admin_token_file, ca_pem, token)
+        admin = _hex_key(admin_token_file, names[2])
+        publish = _hex_key(publish_token_file, names[3])
+        if hmac.compare_digest(admin, publish):
+            # Every job would be given the admin secret: the very thing the publish token is there to prevent.
+            raise ValueError(f"{names[3]}: {publish_token_file} holds the admin token; it must hold the publish token")
+        return cls(
+            address=address,
+            ca_file=ca_file,
+            admin_token_file=admin_token_file,
+            publish_token_file=publish_token_file,
+            ca_pem=ca_pem,
+            admin_token=admin,
+            publish_token=publish,
+        )
+
+
+def _hex_key(path: Path, name: str) -> str:
+    try:
+        return read_key(under_root(path)).hex()
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -150,12 +180,13 @@ class OperatorConfig:
             "GATEWAY_ADDRESS": self.gateway.address if self.gateway else "",
             "GATEWAY_CA_FILE": str(self.gateway.ca_file) if self.gateway else "",
             "GATEWAY_ADMIN_TOKEN_FILE": str(self.gateway.admin_token_file) if self.gateway else "",
+            "GATEWAY_PUBLISH_TOKEN_FILE": str(self.gateway.publish_token_file) if self.gateway else "",
         }
         return {ENV_PREFIX + k: v for k, v in env.items()}
 
 
 #: The settings of the gateway link, all or none: an address without credentials could only fail later.
-GATEWAY_SETTINGS = ("GATEWAY_ADDRESS", "GATEWAY_CA_FILE", "GATEWAY_ADMIN_TOKEN_FILE")
+GATEWAY_SETTINGS = ("GATEWAY_ADDRESS", "GATEWAY_CA_FILE", "GATEWAY_ADMIN_TOKEN_FILE", "GATEWAY_PUBLISH_TOKEN_FILE")
 
 
 def _gateway_from_env(get: Callable[[str, str], str]) -> GatewayLink | None:
@@ -166,8 +197,8 @@ def _gateway_from_env(get: Callable[[str, str], str]) -> GatewayLink | None:
     missing = [name for name, value in zip(names, values, strict=True) if not value]
     if missing:
         raise ValueError(f"{missing[0]}: must be set with {', '.join(n for n in names if n != missing[0])}")
-    address, ca, token = values
-    return GatewayLink.load(address, Path(ca), Path(token), (names[0], names[1], names[2]))
+    address, ca, admin, publish = values
+    return GatewayLink.load(address, Path(ca), Path(admin), Path(publish), (names[0], names[1], names[2], names[3]))
 
 
 def _positive(text: str, name: str) -> float:

@@ -52,20 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-ca", type=Path, help="PEM certificate of the gateway's CA (with --gateway-address)")
     p.add_argument("--gateway-admin-token", type=Path,
                    help="the gateway's FleetAdmin secret, a hex file (with --gateway-address)")  # fmt: skip
+    p.add_argument("--gateway-publish-token", type=Path,
+                   help="the gateway's publish-only secret, a hex file, copied into each job for its aggregator "
+                        "(with --gateway-address)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 
 def gateway_link(args: argparse.Namespace) -> GatewayLink | None:
-    """The gateway from the three flags, all or none; ValueError naming the flag."""
-    flags = ("--gateway-address", "--gateway-ca", "--gateway-admin-token")
-    values = (args.gateway_address, args.gateway_ca, args.gateway_admin_token)
+    """The gateway from the four flags, all or none; ValueError naming the flag."""
+    flags = ("--gateway-address", "--gateway-ca", "--gateway-admin-token", "--gateway-publish-token")
+    values = (args.gateway_address, args.gateway_ca, args.gateway_admin_token, args.gateway_publish_token)
     if all(value is None for value in values):
         return None
     missing = [flag for flag, value in zip(flags, values, strict=True) if value is None]
     if missing:
         raise ValueError(f"{missing[0]}: needed with {', '.join(f for f in flags if f not in missing)}")
-    return GatewayLink.load(args.gateway_address, args.gateway_ca, args.gateway_admin_token, flags)
+    return GatewayLink.load(
+        args.gateway_address, args.gateway_ca, args.gateway_admin_token, args.gateway_publish_token, flags
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,12 +34,13 @@ AUTH_DIR = "/etc/fedfleet/auth"  # the device-token key
 CONFIG_DIR = "/etc/fedfleet/config"  # the aggregator configuration template (ConfigMap)
 RUN_DIR = "/etc/fedfleet/run"  # written by the init step: server certificate and the final configuration
 STATE_DIR = "/var/lib/fedfleet/state"  # checkpoints: a PersistentVolumeClaim, so a new pod resumes
-GATEWAY_DIR = "/etc/fedfleet/gateway"  # the fleet gateway's CA and admin token: where the final model goes
+GATEWAY_DIR = "/etc/fedfleet/gateway"  # the fleet gateway's CA and publish token: where the final model goes
 
 CONFIG_FILE = "aggregator.yaml"
 CA_CERT, CA_KEY, TOKEN_KEY = "ca.crt", "ca.key", "token.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
-GATEWAY_ADMIN_TOKEN = "admin.token"
+#: The key of the gateway's publish token in the job's gateway Secret (never the admin token: see GatewayLink).
+GATEWAY_PUBLISH_TOKEN = "publish.token"
 
 
 def aggregator_name(job: str) -> str:
@@ -52,8 +53,12 @@ def secret_name(job: str) -> str:
 
 
 def gateway_secret_name(job: str) -> str:
-    """The job's copy of the fleet gateway's CA and admin token (the aggregator publishes with them)."""
-    return f"{job}-gateway"
+    """The job's copy of the fleet gateway's CA and publish token (the aggregator publishes with them).
+
+    Not `<job>-gateway`, the name of the copy that held the admin token: that Secret is immutable, so a job
+    from before the publish token would keep it, and its replaced aggregator pod would find no publish token.
+    Under a new name the operator creates the copy such a job needs; the old one goes with the job."""
+    return f"{job}-gateway-publish"
 
 
 def claim_name(job: str) -> str:

@@ -1,5 +1,6 @@
 """Publishing a model artifact to the fleet gateway (fedfleet.v1.FleetAdmin/PublishModel), for the two
-publishers: an aggregator whose job completed, and `fedfleet publish` run by hand.
+publishers: an aggregator whose job completed (with the gateway's publish token, which may make no other
+call), and `fedfleet publish` run by hand (with the admin token, or the publish token).
 
 On the proto floor because the aggregator may not import fedfleet.gateway and both publishers need the same
 client. Synchronous on purpose: a publish is one call at the end of a job, run on a worker thread by the
@@ -32,7 +33,7 @@ CHUNK_BYTES = 512 << 10
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: Longest target accepted ("host:port"): a DNS name is at most 253 characters.
 MAX_TARGET_CHARS = 300
-#: What the gateway's own admin secret is (hex of 32 bytes); a longer value cannot be one.
+#: What the gateway's secrets are (hex of 32 bytes); a longer value cannot be one.
 MAX_TOKEN_CHARS = 1024
 
 
@@ -80,7 +81,7 @@ RetryListener = Callable[[int, PublishError, float], None]
 def publish_model(
     target: str,
     ca_pem: bytes,
-    admin_token: str,
+    token: str,
     data: bytes,
     *,
     policy: RetryPolicy | None = None,
@@ -88,15 +89,16 @@ def publish_model(
     on_retry: RetryListener | None = None,
 ) -> str:
     """Publish the artifact `data` to the gateway at `target` ("host:port"), over TLS trusting `ca_pem`, as
-    the FleetAdmin holding `admin_token`; returns its digest ("sha256:<hex>"). Raises PublishError."""
+    the FleetAdmin caller holding `token` (the gateway's admin or publish secret, hex); returns its digest
+    ("sha256:<hex>"). Raises PublishError."""
     policy = policy or RetryPolicy()
-    _check_inputs(target, ca_pem, admin_token, data)
+    _check_inputs(target, ca_pem, token, data)
     digest = digest_of(data)
     attempt = 0
     while True:
         attempt += 1
         try:
-            answer = _publish_once(target, ca_pem, admin_token, data, digest, policy.attempt_seconds)
+            answer = _publish_once(target, ca_pem, token, data, digest, policy.attempt_seconds)
         except grpc.RpcError as err:
             retryable = hasattr(err, "code") and err.code() in RETRYABLE
             if not retryable:
@@ -127,7 +129,7 @@ def chunks(data: bytes, digest: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator
 
 
 def _publish_once(
-    target: str, ca_pem: bytes, admin_token: str, data: bytes, digest: str, seconds: float
+    target: str, ca_pem: bytes, token: str, data: bytes, digest: str, seconds: float
 ) -> pb.PublishModelResponse:
     # A fresh channel per attempt: after UNAVAILABLE the old one may still hold a dead connection.
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
@@ -135,7 +137,7 @@ def _publish_once(
     with grpc.secure_channel(target, credentials, options=options) as channel:
         stub = rpc.FleetAdminStub(channel)
         response: pb.PublishModelResponse = stub.PublishModel(
-            chunks(data, digest), timeout=seconds, metadata=(("authorization", f"Bearer {admin_token}"),)
+            chunks(data, digest), timeout=seconds, metadata=(("authorization", f"Bearer {token}"),)
         )
         return response
 
@@ -160,23 +162,24 @@ def _describe(err: grpc.RpcError, target: str, attempt: int, note: str = "") -> 
 
 _HINTS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "the gateway cannot be reached (or its TLS certificate is not trusted)",
-    grpc.StatusCode.UNAUTHENTICATED: "the admin token was refused",
+    grpc.StatusCode.UNAUTHENTICATED: "the token was refused",
+    grpc.StatusCode.PERMISSION_DENIED: "the token may not publish",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the upload did not finish in time",
     grpc.StatusCode.INVALID_ARGUMENT: "the gateway refused the artifact",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the artifact is larger than the gateway takes",
 }
 
 
-def _check_inputs(target: str, ca_pem: bytes, admin_token: str, data: bytes) -> None:
+def _check_inputs(target: str, ca_pem: bytes, token: str, data: bytes) -> None:
     host, sep, port = target.rpartition(":")
     if not (0 < len(target) <= MAX_TARGET_CHARS and sep and host and port.isdigit() and 0 < int(port) < 65536):
         raise PublishError(f"gateway: must be HOST:PORT with a port in 1..65535, got {target[:80]!r}")
     if not isinstance(ca_pem, bytes) or b"-----BEGIN CERTIFICATE-----" not in ca_pem:
         raise PublishError("ca: must be a PEM certificate (the CA the gateway's certificate chains to)")
     # gRPC metadata values are printable ASCII; anything else would fail deep inside the call.
-    if not (0 < len(admin_token) <= MAX_TOKEN_CHARS and admin_token.isascii() and admin_token.isprintable()):
-        raise PublishError(f"admin token: must be 1..{MAX_TOKEN_CHARS} printable ASCII characters")
-    if " " in admin_token:
-        raise PublishError("admin token: must not contain spaces")
+    if not (0 < len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()):
+        raise PublishError(f"token: must be 1..{MAX_TOKEN_CHARS} printable ASCII characters")
+    if " " in token:
+        raise PublishError("token: must not contain spaces")
     if not isinstance(data, bytes) or not data:
         raise PublishError("artifact: must be non-empty bytes")

@@ -55,7 +55,8 @@ class Refusal(StrEnum):
     SECAGG_ABORTED = "secagg_aborted"  # the round's protocol failed (too few devices left)
     # --- the fleet gateway (fedfleet.v1.Fleet, FleetAdmin); token refusals above apply to it too ------------
     TOKEN_WRONG_FLEET = "token_wrong_fleet"  # a token for a fleet this gateway does not serve, or a job's
-    ADMIN_TOKEN_INVALID = "admin_token_invalid"  # FleetAdmin: not the admin secret
+    ADMIN_TOKEN_INVALID = "admin_token_invalid"  # FleetAdmin: neither the admin nor the publish secret
+    PUBLISH_TOKEN_ONLY = "publish_token_only"  # FleetAdmin: the publish secret on a call other than PublishModel
     NO_FLEET_VIEW = "no_fleet_view"  # nothing is published for the fleet yet: keep running what you run
     BAD_ATTRIBUTES = "bad_attributes"  # too many device attributes, or a key or value too long
     NOT_ASSIGNED = "not_assigned"  # a health report for a version the device is not assigned

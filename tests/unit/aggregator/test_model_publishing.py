@@ -65,7 +65,7 @@ def test_publishing_stores_the_artifact_and_describes_it_for_the_status(tmp_path
     async def scenario() -> tuple[Publication, bytes | None]:
         live = await start_gateway(tmp_path / "gateway")
         try:
-            gateway = _section(tmp_path, live.target, live.ca_pem, live.admin_secret)
+            gateway = _section(tmp_path, live.target, live.ca_pem, live.publish_secret)
             model = FinalModel(model_file, "team-a/digits", 3, 0.875, 1.5)
             publication = await asyncio.to_thread(publish_final_model, gateway, model, policy=ONE_TRY, now=lambda: NOW)
             stored = None
@@ -122,17 +122,18 @@ def test_what_cannot_be_read_is_said_not_raised(tmp_path: Path, model_file: Path
     gateway = _section(tmp_path, "127.0.0.1:1", generate_ca("x").cert_pem, "ab" * 32)
     missing = publish_final_model(gateway, FinalModel(tmp_path / "nope.pt", "j", 1, None, None), policy=ONE_TRY)
     assert missing.error is not None and "cannot be packaged" in missing.error and "nope.pt" in missing.error
-    (tmp_path / "admin.token").write_text("not hex\n")
+    (tmp_path / "publish.token").write_text("not hex\n")
     bad_token = publish_final_model(gateway, FinalModel(model_file, "j", 1, None, None), policy=ONE_TRY)
     assert bad_token.error is not None and "must be hex text" in bad_token.error
     no_ca = gateway.model_copy(update={"ca_file": tmp_path / "absent.crt"})
     assert "absent.crt" in (publish_final_model(no_ca, FinalModel(model_file, "j", 1, None, None)).error or "")
 
 
-def _section(tmp_path: Path, address: str, ca_pem: bytes, admin_secret: str) -> GatewaySection:
+def _section(tmp_path: Path, address: str, ca_pem: bytes, publish_secret: str) -> GatewaySection:
+    """The aggregator's gateway section, as the operator writes it: the gateway's CA and its publish token."""
     (tmp_path / "ca.crt").write_bytes(ca_pem)
-    write_key(tmp_path / "admin.token", bytes.fromhex(admin_secret))
-    return GatewaySection(address=address, ca_file=tmp_path / "ca.crt", admin_token_file=tmp_path / "admin.token")
+    write_key(tmp_path / "publish.token", bytes.fromhex(publish_secret))
+    return GatewaySection(address=address, ca_file=tmp_path / "ca.crt", publish_token_file=tmp_path / "publish.token")
 
 
 def test_a_restarted_aggregator_publishes_the_same_bytes_again(tmp_path: Path, model_file: Path) -> None:
@@ -142,7 +143,7 @@ def test_a_restarted_aggregator_publishes_the_same_bytes_again(tmp_path: Path, m
     async def publish_twice() -> tuple[Publication, Publication, int]:
         live = await start_gateway(tmp_path / "gateway")
         try:
-            gateway = _section(tmp_path, live.target, live.ca_pem, live.admin_secret)
+            gateway = _section(tmp_path, live.target, live.ca_pem, live.publish_secret)
             model = FinalModel(model_file, "team-a/digits", 3, 0.875, None, kept)
             first = await asyncio.to_thread(publish_final_model, gateway, model, policy=ONE_TRY, now=lambda: NOW)
             # The pod restarted after publishing: the model is packaged at another time, but not again.

@@ -28,6 +28,7 @@ WIRE = {
     "token_wrong_fleet", "admin_token_invalid", "no_fleet_view", "bad_attributes", "not_assigned",
     "bad_health_report", "report_too_frequent", "unknown_artifact", "offset_out_of_range", "too_many_watches",
     "unknown_fleet", "bad_fleet_view", "stale_fleet_view", "artifact_missing", "publish_rejected",
+    "publish_token_only",
 }  # fmt: skip
 
 

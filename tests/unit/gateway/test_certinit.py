@@ -24,6 +24,7 @@ http: {host: 0.0.0.0, port: 9464}
 auth:
   tokenKey: /etc/fedfleet/gateway/token-key/token.key
   adminToken: /etc/fedfleet/gateway/admin/admin.token
+  publishToken: /etc/fedfleet/gateway/publish/publish.token
 artifactDir: /var/lib/fedfleet/gateway/artifacts
 stateDir: /var/lib/fedfleet/gateway/state
 fleets: ["default", "phones"]
@@ -82,6 +83,7 @@ def test_the_pod_gets_a_certificate_and_a_config_listening_on_its_address(tmp_pa
     assert (config.tls.cert, config.tls.key, config.tls.ca) == (run / "server.crt", run / "server.key", run / "ca.crt")
     assert not config.tls.generate
     assert config.auth.token_key == root / "etc/fedfleet/gateway/token-key/token.key"
+    assert config.auth.publish_token == root / "etc/fedfleet/gateway/publish/publish.token"
     assert config.artifact_dir == root / "var/lib/fedfleet/gateway/artifacts"
     assert config.fleets == ["default", "phones"]
     assert config.view_source is not None and config.view_source.namespace == "fedfleet-system"
@@ -93,6 +95,15 @@ def test_outside_the_node_agent_paths_stay_as_the_template_says(tmp_path: Path) 
         load_gateway_config(_written(tmp_path, TEMPLATE)), "10.1.2.3", certinit.TlsFiles.in_dir(out), {}
     )
     assert config.state_dir == Path("/var/lib/fedfleet/gateway/state") and config.listen.host == "10.1.2.3"
+
+
+def test_a_template_from_before_the_publish_token_gets_none(tmp_path: Path) -> None:
+    older = TEMPLATE.replace("  publishToken: /etc/fedfleet/gateway/publish/publish.token\n", "")
+    config = certinit.finalize_config(
+        load_gateway_config(_written(tmp_path, older)), "10.1.2.3", certinit.TlsFiles.in_dir(tmp_path / "run"), {}
+    )
+    assert config.auth.publish_token is None
+    assert "publishToken" not in certinit.dump_gateway_config(config)  # the gateway has only the admin token
 
 
 @pytest.mark.parametrize(

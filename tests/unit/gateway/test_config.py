@@ -42,6 +42,11 @@ def test_a_config_loads_with_paths_resolved_and_limits_applied(tmp_path: Path) -
         ("fleets: [a]\nfleet: [b]\n", "fleet: unknown field"),
         ("fleets: [a]\nfleets: [b]\n", "duplicate key"),
         ("- fleets\n", "expected a mapping"),
+        (
+            "fleets: [a]\nauth: {adminToken: keys/admin.token, publishToken: keys/admin.token}\n",
+            "auth.publishToken: must be another file than adminToken",
+        ),
+        ("fleets: [a]\nauth: {publishToken: null, publishTokn: p}\n", "auth.publishTokn: unknown field"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -53,3 +58,11 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path: Path, text: str, me
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_gateway_config(tmp_path / "absent.yaml")
+
+
+def test_the_publish_token_is_optional_and_resolved_like_the_other_keys(tmp_path: Path) -> None:
+    old = load_gateway_config(write(tmp_path, "fleets: [a]\nauth: {adminToken: admin.token}\n"))
+    assert old.auth.publish_token is None  # a config from before the publish token: only the admin token
+    new = load_gateway_config(write(tmp_path, "fleets: [a]\nauth: {publishToken: keys/publish.token}\n"))
+    assert new.auth.publish_token == tmp_path / "keys/publish.token"
+    assert new.auth.admin_token == tmp_path / "admin.token"

@@ -11,11 +11,21 @@ from typing import Any
 import grpc
 import pytest
 
+from fedfleet.gateway.service import FleetAdminService
 from fedfleet.proto.refusals import ERROR_KEY
 from fedfleet.proto.v1 import gateway_pb2 as pb
 from fedfleet.proto.v1 import gateway_pb2_grpc as rpc
 from fedfleet.security.tokens import issue_token, job_identity, new_key
-from gateway_support import FLEET, LiveGateway, artifact, digest_of, release, start_gateway, view_json
+from gateway_support import (
+    FLEET,
+    LiveGateway,
+    artifact,
+    digest_of,
+    make_gateway,
+    release,
+    start_gateway,
+    view_json,
+)
 
 Code = grpc.StatusCode
 
@@ -247,3 +257,96 @@ def test_malformed_bytes_are_refused_and_counted_once(tmp_path: Path) -> None:
     live = run(tmp_path, scenario)
     assert refusals(live, "CheckIn", "malformed_message") == 1
     assert refusals(live, "PublishModel", "malformed_message") == 1
+
+
+# --- the publish token: PublishModel, and nothing else ---------------------------------------------------
+
+
+async def refusal_said(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str, str]:
+    """The status code, the reason and the message of a refused call."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    reason = dict(info.value.trailing_metadata() or ()).get(ERROR_KEY, "")
+    return info.value.code(), str(reason), info.value.details() or ""
+
+
+async def publish(admin: Any, data: bytes, metadata: tuple[tuple[str, str], ...]) -> pb.PublishModelResponse:
+    async def chunks() -> Any:
+        yield pb.PublishModelChunk(header=pb.PublishModelHeader(digest=digest_of(data), size=len(data)))
+        yield pb.PublishModelChunk(data=data)
+
+    response: pb.PublishModelResponse = await admin.PublishModel(chunks(), metadata=metadata)
+    return response
+
+
+def test_the_publish_token_publishes_and_may_not_touch_a_fleet(tmp_path: Path) -> None:
+    v1 = artifact("v1", 10_000)
+    d1 = digest_of(v1)
+
+    async def scenario(live: LiveGateway) -> None:
+        async with live.channel() as channel:
+            admin = rpc.FleetAdminStub(channel)
+            md = live.publish_metadata()
+            published = await publish(admin, v1, md)
+            assert (published.digest, published.size) == (d1, len(v1))
+            assert live.store.read_chunk(d1, 0, len(v1)) == v1
+
+            # The calls that decide and reveal what a fleet runs are the admin's: refused, and nothing changes.
+            releases = {d1: release_message(v1)}
+            rewrite = pb.PutFleetViewRequest(fleet=FLEET, view=view_json(d1), releases=releases)
+            summary = pb.GetFleetSummaryRequest(fleet=FLEET)
+            for method, call in (
+                ("PutFleetView", admin.PutFleetView(rewrite, metadata=md)),
+                ("GetFleetSummary", admin.GetFleetSummary(summary, metadata=md)),
+            ):
+                code, reason, message = await refusal_said(call)
+                assert (code, reason) == (Code.PERMISSION_DENIED, "publish_token_only"), method
+                assert message.startswith(f"{method}: ") and "only publish" in message, message
+            assert live.app.gateway.states.get(FLEET) is None  # no view was written
+
+            # The admin token still makes every call.
+            assert (await put_view(live, admin, view_json(d1), v1)).generation == 1
+            seen = await admin.GetFleetSummary(summary, metadata=live.admin_metadata())
+            assert (seen.fleet, seen.generation) == (FLEET, 1)
+            v2 = artifact("v2", 10_000)
+            assert (await publish(admin, v2, live.admin_metadata())).digest == digest_of(v2)
+
+            # A token that is neither is not a caller at all, whichever call it tries.
+            last = "1" if live.publish_secret.endswith("0") else "0"
+            near = (("authorization", f"Bearer {live.publish_secret[:-1]}{last}"),)  # one character off
+            assert await refusal(publish(admin, v1, near)) == (Code.UNAUTHENTICATED, "admin_token_invalid")
+            assert await refusal(admin.PutFleetView(rewrite, metadata=near)) == (
+                Code.UNAUTHENTICATED,
+                "admin_token_invalid",
+            )
+
+    live = run(tmp_path, scenario)
+    assert refusals(live, "PutFleetView", "publish_token_only") == 1
+    assert refusals(live, "GetFleetSummary", "publish_token_only") == 1
+    assert refusals(live, "PublishModel", "admin_token_invalid") == 1
+    assert refusals(live, "PutFleetView", "admin_token_invalid") == 1
+
+
+def test_without_a_publish_secret_only_the_admin_token_is_a_caller(tmp_path: Path) -> None:
+    v1 = artifact("v1", 10_000)
+
+    async def scenario(live: LiveGateway) -> None:
+        async with live.channel() as channel:
+            admin = rpc.FleetAdminStub(channel)
+            # live.publish_secret is one this gateway was never given (its config names no publishToken).
+            assert await refusal(publish(admin, v1, live.publish_metadata())) == (
+                Code.UNAUTHENTICATED,
+                "admin_token_invalid",
+            )
+            assert (await publish(admin, v1, live.admin_metadata())).digest == digest_of(v1)
+
+    live = run(tmp_path, scenario, publish_secret=False)
+    assert refusals(live, "PublishModel", "admin_token_invalid") == 1
+
+
+def test_a_publish_secret_equal_to_the_admin_secret_is_refused(tmp_path: Path) -> None:
+    gateway, _ = make_gateway(tmp_path)
+    secret = new_key().hex()
+    with pytest.raises(ValueError, match="publish secret: must differ from the admin secret"):
+        FleetAdminService(gateway, secret, secret)
+    FleetAdminService(gateway, secret, new_key().hex())  # two secrets: fine

@@ -111,5 +111,5 @@ def test_the_gateway_files_move_under_the_pod_root_too(gateway_link: GatewayLink
     config = certinit.finalize_config(template, "127.0.10.9", {"FEDFLEET_ROOT": str(tmp_path)})
     assert config.gateway is not None and config.gateway.address == gateway_link.address
     assert config.gateway.ca_file == tmp_path / "etc/fedfleet/gateway/ca.crt"
-    assert config.gateway.admin_token_file == tmp_path / "etc/fedfleet/gateway/admin.token"
+    assert config.gateway.publish_token_file == tmp_path / "etc/fedfleet/gateway/publish.token"
     assert parse_config(yaml.safe_load(dump_config(config)), "final").gateway == config.gateway

@@ -142,7 +142,7 @@ def test_the_gateway_runs_on_its_pod_ip_with_its_certificate_and_volume(tmp_path
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     # Only the init step holds the CA's key; the gateway holds its keys and its volume.
     assert {m["name"] for m in init["volumeMounts"]} == {"ca", "config", "run"}
-    assert {m["name"] for m in main["volumeMounts"]} == {"run", "token-key", "admin", "data"}
+    assert {m["name"] for m in main["volumeMounts"]} == {"run", "token-key", "admin", "publish", "data"}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "fedfleet-gateway-data"}
     assert pod["spec"]["serviceAccountName"] == "fedfleet-gateway"
@@ -153,6 +153,12 @@ def test_the_gateway_runs_on_its_pod_ip_with_its_certificate_and_volume(tmp_path
     config = parse_gateway_config(yaml.safe_load(text), "chart")
     assert config.fleets == ["default"] and (config.listen.port, config.http.port if config.http else 0) == (7443, 9464)
     assert config.view_source is not None and config.view_source.namespace == "fleet-ns"
+    # The gateway reads both FleetAdmin secrets where their Secrets are mounted.
+    mounted = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert (secrets["admin"], secrets["publish"]) == ("fedfleet-gateway-admin", "fedfleet-gateway-publish")
+    assert config.auth.admin_token == Path(mounted["admin"]) / "admin.token"
+    assert config.auth.publish_token == Path(mounted["publish"]) / "publish.token"
     empty = _render(tmp_path, "gateway.storage.kind=emptyDir")
     pod_spec = _one(empty, "Deployment", "fedfleet-gateway")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
@@ -173,11 +179,18 @@ def test_the_gateway_secrets_are_usable_and_fresh_for_each_new_install(tmp_path:
     # What the init step issues with it passes a TLS client that trusts the CA (as devices and aggregators do).
     leaf = issue_server_cert(KeyPair(tls["ca.crt"], tls["ca.key"]), ["127.0.0.1"])
     _handshake(tmp_path, tls["ca.crt"], leaf)
-    for name, key in (("fedfleet-gateway-token-key", "token.key"), ("fedfleet-gateway-admin", "admin.token")):
+    keys = (
+        ("fedfleet-gateway-token-key", "token.key"),
+        ("fedfleet-gateway-admin", "admin.token"),
+        ("fedfleet-gateway-publish", "publish.token"),
+    )
+    for name, key in keys:
         path = tmp_path / key
         path.write_bytes(data(first, name)[key])
         assert len(read_key(path)) == 32  # the hex format `fedfleet token keygen` writes
         assert data(first, name) != data(second, name)  # random per install (upgrades reuse them: lookup)
+    # Two secrets, or the publish token would be an admin token.
+    assert read_key(tmp_path / "publish.token") != read_key(tmp_path / "admin.token")
     assert data(first, "fedfleet-gateway-tls") != data(second, "fedfleet-gateway-tls")
 
 
@@ -222,7 +235,7 @@ def test_the_gateway_reads_only_its_fleets_views(tmp_path: Path) -> None:
 
 
 @needs_helm
-def test_the_operator_gets_the_gateways_ca_and_admin_token_and_the_fleets_namespace(tmp_path: Path) -> None:
+def test_the_operator_gets_the_gateways_ca_and_tokens_and_the_fleets_namespace(tmp_path: Path) -> None:
     docs = _render(tmp_path)
     pod = _one(docs, "Deployment", "fedfleet")["spec"]["template"]["spec"]
     (operator,) = pod["containers"]
@@ -233,6 +246,12 @@ def test_the_operator_gets_the_gateways_ca_and_admin_token_and_the_fleets_namesp
     volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
     assert volumes["gateway-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the CA's key
     assert volumes["gateway-admin"]["secretName"] == "fedfleet-gateway-admin"
+    # The publish token (what the operator copies into jobs) is mounted where its flag points.
+    assert volumes["gateway-publish"]["secretName"] == "fedfleet-gateway-publish"
+    mounted = {m["name"]: m["mountPath"] for m in operator["volumeMounts"]}
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--gateway-") and "=" in a)
+    assert flags["gateway-publish-token"] == f"{mounted['gateway-publish']}/publish.token"
+    assert flags["gateway-admin-token"] == f"{mounted['gateway-admin']}/admin.token"
     fleets = _one(docs, "Role", "fedfleet-fleets")["rules"]
     assert _allowed(fleets, "", "configmaps", "update") and _allowed(fleets, "", "secrets", "create")
     assert not _allowed(fleets, "", "secrets", "update")  # only the signing keys, by name

@@ -84,8 +84,10 @@ def test_the_gateway_link_round_trips_and_reads_its_files(gateway_link: GatewayL
     again = OperatorConfig.from_env(config.to_env())
     assert again == config and again.gateway is not None
     assert again.gateway.admin_token == bytes(range(32)).hex()
+    assert again.gateway.publish_token == bytes(range(32, 64)).hex()
     assert again.gateway.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
-    assert bytes(range(32)).hex() not in repr(again)  # a secret never reaches a log line through repr
+    for secret in (bytes(range(32)).hex(), bytes(range(32, 64)).hex()):
+        assert secret not in repr(again)  # a secret never reaches a log line through repr
 
 
 def test_the_gateway_files_are_read_under_the_pod_root(gateway_link: GatewayLink, tmp_path: Path) -> None:
@@ -94,33 +96,49 @@ def test_the_gateway_files_are_read_under_the_pod_root(gateway_link: GatewayLink
     mounted.mkdir(parents=True)
     (mounted / "ca.crt").write_bytes(gateway_link.ca_pem)
     (mounted / "admin.token").write_text(gateway_link.admin_token + "\n")
-    names = ("a", "c", "t")
+    (mounted / "publish.token").write_text(gateway_link.publish_token + "\n")
+    names = ("a", "c", "t", "p")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FEDFLEET_ROOT", str(root))
         link = GatewayLink.load("gw:7443", Path("/etc/fedfleet/gateway/ca.crt"),
-                                Path("/etc/fedfleet/gateway/admin.token"), names)  # fmt: skip
-    assert (link.ca_pem, link.admin_token) == (gateway_link.ca_pem, gateway_link.admin_token)
+                                Path("/etc/fedfleet/gateway/admin.token"),
+                                Path("/etc/fedfleet/gateway/publish.token"), names)  # fmt: skip
+    assert (link.ca_pem, link.admin_token, link.publish_token) == (
+        gateway_link.ca_pem,
+        gateway_link.admin_token,
+        gateway_link.publish_token,
+    )
     assert link.ca_file == Path("/etc/fedfleet/gateway/ca.crt")  # the setting as given, read under the root
+
+
+#: A complete, valid set of the gateway settings ({...}: the gateway_link fixture's files).
+GOOD = {"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{ca}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}",
+        "GATEWAY_PUBLISH_TOKEN_FILE": "{publish}"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"GATEWAY_ADDRESS": "gw:7443"}, "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: must be set with"),
-        ({"GATEWAY_ADDRESS": "gw", "GATEWAY_CA_FILE": "{ca}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
-         "FEDFLEET_OPERATOR_GATEWAY_ADDRESS: must be HOST:PORT"),
-        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{missing}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
-         "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: cannot read"),
-        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{token}", "GATEWAY_ADMIN_TOKEN_FILE": "{token}"},
-         "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: .* is not a PEM certificate"),
-        ({"GATEWAY_ADDRESS": "gw:7443", "GATEWAY_CA_FILE": "{ca}", "GATEWAY_ADMIN_TOKEN_FILE": "{ca}"},
+        ({"GATEWAY_PUBLISH_TOKEN_FILE": "{publish}"}, "FEDFLEET_OPERATOR_GATEWAY_ADDRESS: must be set with"),
+        ({**GOOD, "GATEWAY_PUBLISH_TOKEN_FILE": ""}, "FEDFLEET_OPERATOR_GATEWAY_PUBLISH_TOKEN_FILE: must be set"),
+        ({**GOOD, "GATEWAY_ADDRESS": "gw"}, "FEDFLEET_OPERATOR_GATEWAY_ADDRESS: must be HOST:PORT"),
+        ({**GOOD, "GATEWAY_CA_FILE": "{missing}"}, "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: cannot read"),
+        ({**GOOD, "GATEWAY_CA_FILE": "{token}"}, "FEDFLEET_OPERATOR_GATEWAY_CA_FILE: .* is not a PEM certificate"),
+        ({**GOOD, "GATEWAY_ADMIN_TOKEN_FILE": "{ca}"},
          "FEDFLEET_OPERATOR_GATEWAY_ADMIN_TOKEN_FILE: .*must be hex text"),
+        ({**GOOD, "GATEWAY_PUBLISH_TOKEN_FILE": "{missing}"},
+         "FEDFLEET_OPERATOR_GATEWAY_PUBLISH_TOKEN_FILE: .*cannot read"),
+        # The admin token as the publish token would hand it to every job.
+        ({**GOOD, "GATEWAY_PUBLISH_TOKEN_FILE": "{token}"},
+         "FEDFLEET_OPERATOR_GATEWAY_PUBLISH_TOKEN_FILE: .*holds the admin token"),
     ],
 )  # fmt: skip
 def test_a_bad_gateway_setting_names_the_variable(
     gateway_link: GatewayLink, tmp_path: Path, settings: dict[str, str], message: str
 ) -> None:
-    files = {"ca": gateway_link.ca_file, "token": gateway_link.admin_token_file, "missing": tmp_path / "nope"}
+    files = {"ca": gateway_link.ca_file, "token": gateway_link.admin_token_file,
+             "publish": gateway_link.publish_token_file, "missing": tmp_path / "nope"}  # fmt: skip
     env = {f"FEDFLEET_OPERATOR_{k}": v.format(**files) for k, v in settings.items()}
     with pytest.raises(ValueError, match=message):
         OperatorConfig.from_env(env)

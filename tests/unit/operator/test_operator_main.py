@@ -49,13 +49,24 @@ def test_the_gateway_flags_go_together_and_name_what_is_missing(
     parser = build_parser()
     assert gateway_link_from(parser.parse_args([])) is None
     args = parser.parse_args(["--gateway-address", "gw:7443", "--gateway-ca", str(gateway_link.ca_file),
-                              "--gateway-admin-token", str(gateway_link.admin_token_file)])  # fmt: skip
+                              "--gateway-admin-token", str(gateway_link.admin_token_file),
+                              "--gateway-publish-token", str(gateway_link.publish_token_file)])  # fmt: skip
     link = gateway_link_from(args)
-    assert link is not None and (link.address, link.admin_token) == ("gw:7443", gateway_link.admin_token)
+    assert link is not None and (link.address, link.admin_token, link.publish_token) == (
+        "gw:7443",
+        gateway_link.admin_token,
+        gateway_link.publish_token,
+    )
     with pytest.raises(SystemExit) as caught:
         main(["--gateway-address", "gw:7443", "--gateway-ca", str(gateway_link.ca_file)])
     assert caught.value.code == 2
     assert "--gateway-admin-token: needed with --gateway-address, --gateway-ca" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # without the publish token, jobs could not publish
+        main(["--gateway-address", "gw:7443", "--gateway-ca", str(gateway_link.ca_file),
+              "--gateway-admin-token", str(gateway_link.admin_token_file)])  # fmt: skip
+    said = capsys.readouterr().err
+    assert "--gateway-publish-token: needed with --gateway-address, --gateway-ca, --gateway-admin-token" in said
     with pytest.raises(SystemExit):
-        main(["--gateway-address", "gw:0", "--gateway-ca", "c", "--gateway-admin-token", "t"])
+        main(["--gateway-address", "gw:0", "--gateway-ca", "c", "--gateway-admin-token", "t",
+              "--gateway-publish-token", "p"])  # fmt: skip
     assert "--gateway-address: must be HOST:PORT" in capsys.readouterr().err

@@ -368,7 +368,7 @@ def test_with_a_gateway_the_job_gets_its_copy_of_the_credentials_once(gateway_li
     job = JobRef.from_body(job_body())
     plan = reconcile(job, Observed(present=ALL_STATIC), config, at(0), None)
     secrets = [o for o in plan.create if o["kind"] == "Secret"]
-    assert [s["metadata"]["name"] for s in secrets] == ["digits-gateway"]
+    assert [s["metadata"]["name"] for s in secrets] == ["digits-gateway-publish"]
     assert [o["kind"] for o in plan.create][-1] == "Pod"  # after the Secret it mounts
     text = next(o for o in plan.update if o["kind"] == "ConfigMap")["data"]["aggregator.yaml"]
     assert "address: fedfleet-gateway.fedfleet-system.svc:7443" in text

@@ -227,17 +227,19 @@ def test_with_a_gateway_the_aggregator_publishes_with_the_jobs_copy_of_its_crede
     config = OperatorConfig(gateway=gateway_link)
     section = aggregator_config(body, spec, gateway_link).gateway
     assert section is not None and section.address == "fedfleet-gateway.fedfleet-system.svc:7443"
-    assert (str(section.ca_file), str(section.admin_token_file)) == (
+    assert (str(section.ca_file), str(section.publish_token_file)) == (
         "/etc/fedfleet/gateway/ca.crt",
-        "/etc/fedfleet/gateway/admin.token",
+        "/etc/fedfleet/gateway/publish.token",
     )
     assert aggregator_config(body, spec).gateway is None  # no gateway: nothing is published
 
     secret = build_gateway_secret(body, gateway_link)
-    assert secret["metadata"]["name"] == "digits-gateway" and secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["name"] == "digits-gateway-publish" and secret["metadata"]["namespace"] == "team-a"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "0f1e2d3c-uid" and secret["immutable"] is True
     data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
-    assert data == {"ca.crt": gateway_link.ca_pem, "admin.token": gateway_link.admin_token.encode() + b"\n"}
+    assert data == {"ca.crt": gateway_link.ca_pem, "publish.token": gateway_link.publish_token.encode() + b"\n"}
+    # The job's namespace never holds the admin token: an aggregator can publish, not change what fleets run.
+    assert not any(gateway_link.admin_token.encode() in value for value in data.values())
 
     pod = build_aggregator_pod(body, spec, config, "x")
     (init,) = pod["spec"]["initContainers"]
@@ -246,6 +248,6 @@ def test_with_a_gateway_the_aggregator_publishes_with_the_jobs_copy_of_its_crede
     assert mounts["gateway"] == {"name": "gateway", "mountPath": "/etc/fedfleet/gateway", "readOnly": True}
     assert "gateway" not in {m["name"] for m in init["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["gateway"]["secret"] == {"secretName": "digits-gateway", "defaultMode": 0o400}
+    assert volumes["gateway"]["secret"] == {"secretName": "digits-gateway-publish", "defaultMode": 0o400}
     without = build_aggregator_pod(body, spec, CONFIG, "x")
     assert "gateway" not in {v["name"] for v in without["spec"]["volumes"]}

@@ -118,9 +118,9 @@ def test_giving_up_after_the_last_attempt_says_so(admin: tuple[Recorder, str]) -
 @pytest.mark.parametrize(
     ("code", "reason", "words"),
     [
-        (grpc.StatusCode.UNAUTHENTICATED, "admin_token_invalid", "the admin token was refused"),
+        (grpc.StatusCode.UNAUTHENTICATED, "admin_token_invalid", "the token was refused"),
         (grpc.StatusCode.INVALID_ARGUMENT, "publish_rejected", "the gateway refused the artifact"),
-        (grpc.StatusCode.PERMISSION_DENIED, None, "PERMISSION_DENIED"),
+        (grpc.StatusCode.PERMISSION_DENIED, None, "the token may not publish: PERMISSION_DENIED"),
     ],
 )
 def test_a_refusal_is_final_and_named(
@@ -175,9 +175,9 @@ def test_an_untrusted_certificate_or_nothing_listening_is_unavailable(admin: tup
         ("gateway:0", CA.cert_pem, TOKEN, b"x", "gateway: must be HOST:PORT"),
         ("gateway:70000", CA.cert_pem, TOKEN, b"x", "gateway: must be HOST:PORT"),
         ("g:1", b"not a certificate", TOKEN, b"x", "ca: must be a PEM certificate"),
-        ("g:1", CA.cert_pem, "", b"x", "admin token: must be 1..1024 printable ASCII"),
-        ("g:1", CA.cert_pem, "ab\ncd", b"x", "admin token: must be 1..1024 printable ASCII"),
-        ("g:1", CA.cert_pem, "ab cd", b"x", "admin token: must not contain spaces"),
+        ("g:1", CA.cert_pem, "", b"x", "token: must be 1..1024 printable ASCII"),
+        ("g:1", CA.cert_pem, "ab\ncd", b"x", "token: must be 1..1024 printable ASCII"),
+        ("g:1", CA.cert_pem, "ab cd", b"x", "token: must not contain spaces"),
         ("g:1", CA.cert_pem, TOKEN, b"", "artifact: must be non-empty bytes"),
     ],
 )

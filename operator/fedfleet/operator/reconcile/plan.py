@@ -55,7 +55,7 @@ class Observed:
     pod: JSON | None = None
     present: frozenset[str] = frozenset()
     configmap_data: dict[str, str] | None = None
-    gateway_secret: bool = False  # the job's copy of the fleet gateway's CA and admin token exists
+    gateway_secret: bool = False  # the job's copy of the fleet gateway's CA and publish token exists
 
 
 @dataclass(frozen=True)

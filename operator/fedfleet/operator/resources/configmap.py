@@ -33,7 +33,7 @@ def aggregator_config(
     job: dict[str, Any], spec: FederatedJobSpec, gateway: GatewayLink | None = None
 ) -> AggregatorConfig:
     """The configuration template of `job`'s aggregator (pure); with `gateway`, it publishes the final model
-    there, with the CA and admin token of the job's gateway Secret (mounted at GATEWAY_DIR)."""
+    there, with the CA and publish token of the job's gateway Secret (mounted at GATEWAY_DIR)."""
     meta = job["metadata"]
     run = Path(naming.RUN_DIR)
     # The fleet in the cluster is the one `fedfleet device-sim` runs from the same spec: spec.simulation says
@@ -59,7 +59,7 @@ def gateway_section(gateway: GatewayLink) -> GatewaySection:
     return GatewaySection(
         address=gateway.address,
         ca_file=where / naming.CA_CERT,
-        admin_token_file=where / naming.GATEWAY_ADMIN_TOKEN,
+        publish_token_file=where / naming.GATEWAY_PUBLISH_TOKEN,
     )
 
 

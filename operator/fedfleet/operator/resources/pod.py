@@ -6,7 +6,7 @@
 * Container `aggregator`: serves gRPC (TLS, device tokens) and HTTP (/metrics, /healthz, /readyz), checkpoints
   into the state volume, and reports progress by patching its job's status with its own ServiceAccount. The
   pod carries the `prometheus.io/*` annotations, so Prometheus' pod discovery scrapes its /metrics. When the
-  operator knows a fleet gateway, the job's gateway Secret (its CA and admin token) is mounted read-only, and
+  operator knows a fleet gateway, the job's gateway Secret (its CA and publish token) is mounted read-only, and
   the aggregator publishes the final model there when the job completes.
 
 `restartPolicy: OnFailure`: the aggregator exits 0 once the job is complete (the pod then Succeeds); any other

@@ -1,5 +1,6 @@
 """The job's Secrets: its own CA certificate and key and device-token key; and, when the operator knows a fleet
-gateway, a copy of the gateway's CA certificate and admin token for the aggregator to publish the final model."""
+gateway, a copy of the gateway's CA certificate and publish token for the aggregator to publish the final model
+(the publish token only publishes; the admin token never leaves the operator's namespace)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def build_secret(job: dict[str, Any], credentials: JobCredentials) -> dict[str, 
 
 
 def build_gateway_secret(job: dict[str, Any], gateway: GatewayLink) -> dict[str, Any]:
-    """The gateway's CA and admin token in the job's namespace, where the aggregator pod can mount them.
+    """The gateway's CA and publish token in the job's namespace, where the aggregator pod can mount them.
     Immutable like the job's own Secret: the operator may create Secrets but not change them (its role has no
     patch on Secrets); a job made after the gateway's token changed gets the new one."""
     return {
@@ -43,6 +44,6 @@ def build_gateway_secret(job: dict[str, Any], gateway: GatewayLink) -> dict[str,
         "immutable": True,
         "data": {
             naming.CA_CERT: b64(gateway.ca_pem),
-            naming.GATEWAY_ADMIN_TOKEN: b64(gateway.admin_token.encode("ascii") + b"\n"),
+            naming.GATEWAY_PUBLISH_TOKEN: b64(gateway.publish_token.encode("ascii") + b"\n"),
         },
     }
