@@ -1,7 +1,7 @@
 """The fleet gateway in the cluster, installed by the chart with the operator, on the real control plane.
 
 A FederatedJob completes with a simulated fleet; its aggregator publishes the final model to the gateway pod
-(over gRPC and TLS, with the admin token the operator copied into the job's namespace) and reports it in
+(over gRPC and TLS, with the publish-only token the operator copied into the job's namespace) and reports it in
 `status.model`. A fleet view written by hand into its ConfigMap reaches the gateway through the API server;
 a device with a fleet token is then assigned that model, downloads it from the gateway pod, and the bytes
 verify against the signed release. Prometheus scrapes the gateway through its pod discovery.
@@ -42,6 +42,7 @@ from operator_support import (
 
 from fedfleet.models.artifact import ReleaseRecord, SignedRelease, digest_of
 from fedfleet.models.canonical import format_time
+from fedfleet.operator import naming
 from fedfleet.proto.v1 import gateway_pb2 as pb
 from fedfleet.proto.v1 import gateway_pb2_grpc as rpc
 from fedfleet.rollout.assignment import FleetView
@@ -158,6 +159,9 @@ def test_the_gateway_pod_stores_a_published_model_and_serves_a_handwritten_fleet
     assert model["accuracy"] == pytest.approx(done["status"]["accuracy"])
     said = condition(done, "ModelPublished")
     assert said is not None and said["status"] == "True" and model["digest"] in said["message"]
+    # What the aggregator published with: the gateway's CA and its publish-only token, never the admin token.
+    copied = kube.get(f"/api/v1/namespaces/{ns}/secrets/{naming.gateway_secret_name(job)}")
+    assert set(copied["data"]) == {naming.CA_CERT, naming.GATEWAY_PUBLISH_TOKEN}, set(copied["data"])
 
     # The lab fleet's view, written by hand as the operator writes views: the model is its stable version.
     key = SigningKey.generate()
