@@ -140,8 +140,10 @@ def test_the_gateway_pod_stores_a_published_model_and_serves_a_handwritten_fleet
     assert applied.returncode == 0, applied.stderr
     running_pod(kube, ns, job)
     endpoint = wait_job(kube, ns, job, "Ready", timeout=90)["status"]["endpoint"]
-    copy = kube.get(f"/api/v1/namespaces/{ns}/secrets/{job}-gateway")  # the operator's copy for the aggregator
-    assert base64.b64decode(copy["data"]["ca.crt"]) == ca
+    # The operator's copy for the aggregator: the gateway's CA and its publish-only token, never the admin token.
+    copy = kube.get(f"/api/v1/namespaces/{ns}/secrets/{naming.gateway_secret_name(job)}")
+    assert set(copy["data"]) == {naming.CA_CERT, naming.GATEWAY_PUBLISH_TOKEN}, set(copy["data"])
+    assert base64.b64decode(copy["data"][naming.CA_CERT]) == ca
     with fleet(endpoint, job_files(kube, ns, job, tmp_path / "device"), tmp_path / "fleet.log") as devices:
         wait_job(kube, ns, job, "Complete", timeout=180)
         assert devices.wait(timeout=60) == 0, (tmp_path / "fleet.log").read_text()[-2000:]
@@ -159,9 +161,6 @@ def test_the_gateway_pod_stores_a_published_model_and_serves_a_handwritten_fleet
     assert model["accuracy"] == pytest.approx(done["status"]["accuracy"])
     said = condition(done, "ModelPublished")
     assert said is not None and said["status"] == "True" and model["digest"] in said["message"]
-    # What the aggregator published with: the gateway's CA and its publish-only token, never the admin token.
-    copied = kube.get(f"/api/v1/namespaces/{ns}/secrets/{naming.gateway_secret_name(job)}")
-    assert set(copied["data"]) == {naming.CA_CERT, naming.GATEWAY_PUBLISH_TOKEN}, set(copied["data"])
 
     # The lab fleet's view, written by hand as the operator writes views: the model is its stable version.
     key = SigningKey.generate()
