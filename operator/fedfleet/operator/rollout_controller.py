@@ -33,6 +33,7 @@ from fedfleet.api.rollout_status import ModelRolloutStatus, RolloutPhase
 from fedfleet.models.artifact import SignedRelease
 from fedfleet.operator.k8s import ApiError, RolloutApi
 from fedfleet.operator.prometheus import PrometheusClient, PrometheusError
+from fedfleet.operator.query_syntax import QuerySyntax
 from fedfleet.operator.reconcile import modelrollout as plan
 from fedfleet.operator.rollout_metrics import RolloutMetrics
 from fedfleet.rollout import analysis_runs
@@ -73,6 +74,7 @@ class RolloutController:
         self.api, self.settings, self.metrics = api, settings, metrics
         self.artifact_lookup = artifact_lookup
         self.clock = clock
+        self.query_syntax = QuerySyntax()
 
     async def reconcile(self, namespace: str, name: str) -> None:
         rollout = await self.api.get_rollout(namespace, name)
@@ -94,6 +96,10 @@ class RolloutController:
         except (ValidationError, InvalidField) as err:
             message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
             await self._hold(rollout, generation, "InvalidSpec", message)
+            return
+        unparsable = await self._unparsable_query(spec)
+        if unparsable is not None:
+            await self._hold(rollout, generation, "InvalidSpec", unparsable)
             return
         status = ModelRolloutStatus.model_validate(rollout.get("status") or {})
         state = StepState.from_status(status)
@@ -229,6 +235,21 @@ class RolloutController:
                 measured.append(run)
         return measured
 
+    def _prometheus_address(self, spec: ModelRolloutSpec) -> str | None:
+        return spec.prometheus.address if spec.prometheus is not None else self.settings.prometheus_address
+
+    async def _unparsable_query(self, spec: ModelRolloutSpec) -> str | None:
+        """What CEL cannot check: that every query parses as PromQL (asked of the Prometheus that runs it)."""
+        address = self._prometheus_address(spec)
+        if address is None:
+            return None
+        templates = [
+            (f"spec.analysis.metrics[{index}].provider.prometheus.query", metric.provider.prometheus.query)
+            for index, metric in enumerate(spec.analysis.metrics)
+            if metric.provider.prometheus is not None
+        ]
+        return await self.query_syntax.first_unparsable(address, templates)
+
     async def _sample(
         self,
         namespace: str,
@@ -240,7 +261,7 @@ class RolloutController:
     ) -> Sample:
         if metric.provider.prometheus is None:
             return Sample(None, None, 0, error="builtin metrics exist only in the embedded runtime (fedfleet rollout)")
-        address = spec.prometheus.address if spec.prometheus is not None else self.settings.prometheus_address
+        address = self._prometheus_address(spec)
         if address is None:
             return Sample(
                 None, None, 0, error="no Prometheus: set spec.prometheus.address or the chart's prometheus.address"
@@ -266,7 +287,7 @@ class RolloutController:
 
     async def _devices(self, spec: ModelRolloutSpec) -> list[JSON] | None:
         """Devices by version and role as the gateway counts them, for `kubectl fedfleet status`."""
-        address = spec.prometheus.address if spec.prometheus is not None else self.settings.prometheus_address
+        address = self._prometheus_address(spec)
         if address is None:
             return None
         try:

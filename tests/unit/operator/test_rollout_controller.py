@@ -131,6 +131,9 @@ class FakePrometheus:
     async def handle(self, request: web.Request) -> web.Response:
         query = str((await request.post())["query"])
         self.queries.append(query)
+        if query.count("(") != query.count(")"):  # Prometheus's words for it
+            error = f'invalid parameter "query": 1:{len(query)}: parse error: unclosed left parenthesis'
+            return web.json_response({"status": "error", "errorType": "bad_data", "error": error}, status=400)
         version = re.search(r'version="([^"]+)"', query)
         if "reporting_devices" in query:
             value: float | None = float(self.devices)
@@ -280,3 +283,23 @@ def test_a_condition_that_does_not_compile_holds_the_rollout(world: Any) -> None
     assert status["reason"] == "InvalidSpec"
     assert "successCondition" in status["message"]
     assert api.view().rollouts == ()
+
+
+def test_a_query_that_does_not_parse_holds_the_rollout_before_any_device_moves(world: Any) -> None:
+    api, prometheus, clock, _ = world
+    metric = api.rollout["spec"]["analysis"]["metrics"][0]
+    metric["provider"]["prometheus"]["query"] = 'avg(acc{fleet="{{fleet}}",version="{{version}}"}'
+    publish(api)
+    run(api, prometheus, clock, 3)
+    status = api.rollout["status"]
+    assert status["reason"] == "InvalidSpec"
+    assert status["message"].startswith("spec.analysis.metrics[0].provider.prometheus.query: does not parse")
+    assert "unclosed left parenthesis" in status["message"]
+    assert api.view().rollouts == ()  # no device was sent anywhere
+    assert api.events.count(("Warning", "InvalidSpec")) == 1  # said once, not on every reconciliation
+    # Fixed in Git: the rollout starts.
+    metric["provider"]["prometheus"]["query"] = 'avg(acc{fleet="{{fleet}}",version="{{version}}"})'
+    api.rollout["metadata"]["generation"] = 2
+    run(api, prometheus, clock, 2)
+    assert api.rollout["status"]["weight"] == 5
+    assert [r.weight for r in api.view().rollouts] == [5]
