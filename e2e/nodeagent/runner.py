@@ -280,6 +280,8 @@ class PodRunner(threading.Thread):
             argv = container_argv(rule, c.spec, c.env)
             cwd = self.dir / c.spec["workingDir"].lstrip("/") if c.spec.get("workingDir") else self.dir
             cwd.mkdir(parents=True, exist_ok=True)
+            # securityContext is not applied: the process runs as the agent's user (see e2e/README.md); the API
+            # server's PodSecurity admission is what judges the pod's declared security.
             with open(self.dir / "logs" / f"{c.name}.log", "ab") as out:
                 c.proc = subprocess.Popen(
                     argv,
