@@ -22,7 +22,7 @@ from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJob
 from fedfleet.api.modelrollout import ModelRolloutSpec
 from fedfleet.api.rollout_rules import ROLLOUT_RULES
 from fedfleet.api.rollout_status import ModelRolloutStatus
-from fedfleet.api.rules import CROSS_FIELD_RULES, Rule
+from fedfleet.api.rules import CROSS_FIELD_RULES, NAME_RULES, Rule
 from fedfleet.api.status import FederatedJobStatus
 
 PLURAL = "federatedjobs"
@@ -164,6 +164,14 @@ def _validation(rule: Rule[Any]) -> dict[str, str]:
     return {"rule": rule.cel, "message": message, "fieldPath": "." + rule.field, "reason": "FieldValueInvalid"}
 
 
+def _on_create(validation: dict[str, Any]) -> dict[str, Any]:
+    """A rule checked when the object is created only. For rules on the name, which never changes: the API
+    server runs the root's rules on every write, status and finalizer patches included, so an object stored
+    before the rule existed would otherwise be left without a status it can be given and with a finalizer
+    that cannot be removed."""
+    return {**validation, "rule": f"oldSelf.hasValue() || ({validation['rule']})", "optionalOldSelf": True}
+
+
 #: What a running job is made of; changing it would make the checkpoint and the devices' work meaningless.
 #: Mutable: suspend, activeDeadlineSeconds and aggregator (a new image or resources restarts the pod, which
 #: resumes from its checkpoint).
@@ -211,6 +219,7 @@ class Resource:
     rules: tuple[Rule[Any], ...]
     printer_columns: tuple[dict[str, Any], ...]
     immutable_fields: tuple[str, ...] = ()
+    name_rules: tuple[Rule[Any], ...] = ()  # CEL rules on `self.metadata.name`, at the schema's root
     source: str = ""  # the module named in the generated file's header
 
     @property
@@ -247,6 +256,7 @@ FEDERATED_JOB = Resource(
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     ),
     immutable_fields=IMMUTABLE_FIELDS,
+    name_rules=NAME_RULES,
     source="fedfleet.api.federatedjob",
 )
 
@@ -297,6 +307,14 @@ def status_schema(resource: Resource = FEDERATED_JOB) -> Schema:
     return _ordered(schema)
 
 
+def metadata_schema(resource: Resource = FEDERATED_JOB) -> Schema:
+    """`metadata` at the root: the API server checks it itself; a structural schema may declare only `name`
+    and `generateName` there. `name` is declared when a rule names it: a CEL fieldPath must exist in the schema."""
+    if not resource.name_rules:
+        return {"type": "object"}
+    return {"type": "object", "properties": {"name": {"type": "string"}}}
+
+
 def build_crd(resource: Resource) -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CustomResourceDefinition of `resource`, as a plain dict."""
     root: Schema = {
@@ -305,12 +323,16 @@ def build_crd(resource: Resource) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": metadata_schema(resource),
             "spec": spec_schema(resource),
             "status": status_schema(resource),
         },
         "required": ["spec"],
     }
+    if resource.name_rules:
+        # At the root: only there may CEL read metadata.name (so `kubectl apply` refuses a name that no child
+        # could be created from, naming metadata.name).
+        root["x-kubernetes-validations"] = [_on_create(_validation(rule)) for rule in resource.name_rules]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from fedfleet.api.rules import CROSS_FIELD_RULES
+from fedfleet.api.rules import CROSS_FIELD_RULES, NAME_RULES
 
 API_GROUP = "fedfleet.io"
 API_VERSION = "v1alpha1"
@@ -307,9 +307,27 @@ class FederatedJob(BaseModel):
     spec: FederatedJobSpec
     status: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _name_rules(self) -> FederatedJob:
+        # The same table gives the CRD its CEL rules on metadata.name, so `fedfleet run` and `kubectl apply`
+        # accept the same names.
+        broken = name_error(self.metadata.name)
+        if broken is not None:
+            raise broken
+        return self
+
+
+def name_error(name: str) -> SpecError | None:
+    """The first rule of NAME_RULES that `name` breaks, as the error the models raise; None when it keeps all."""
+    for rule in NAME_RULES:
+        if not rule.holds(name):
+            return SpecError(rule.field, rule.explain(name))
+    return None
+
 
 class SpecError(ValueError):
-    """A rule that spans fields. `field` is the path below `spec`, so messages can name it."""
+    """A rule that spans fields, or one on the job's name. `field` is the path below the model that checked it
+    (`spec` for a spec's rules, the object for the name's), so messages can name it."""
 
     def __init__(self, field: str, rule: str) -> None:
         super().__init__(f"{field}: {rule}")

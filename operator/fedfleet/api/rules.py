@@ -1,4 +1,4 @@
-"""The cross-field rules of a FederatedJob spec, each declared once.
+"""The cross-field rules of a FederatedJob spec, and the rules on its name, each declared once.
 
 A rule is the field it is about, a message, a CEL expression and a Python predicate. `FederatedJobSpec`
 checks the predicates, so `fedfleet run`, the operator and the aggregator refuse a bad job; `crd.py` writes
@@ -9,6 +9,11 @@ where a CEL expression that disagrees with its predicate would show.
 
 Single-field bounds (ranges, enums, patterns) are not here: they are `Field(...)` constraints on the models,
 and the CRD's schema is generated from those.
+
+`NAME_RULES` say which names a job can have: its children are named after it, and Kubernetes is stricter
+about some of their names than about a custom resource's. A job whose Service could never be created is
+refused at `kubectl apply` (CEL on `self.metadata.name`, at the CRD's root) and by `fedfleet run`, instead of
+being accepted and failing in the operator.
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ class Rule(Generic[SpecT]):
     """
 
     name: str  # identifies the rule in tests (two rules may name the same field)
-    field: str  # path below `spec` the rule is reported for: SpecError.field and the CEL fieldPath
+    # Path the rule is reported for, below the node whose CEL rule it is (`spec` for the spec's rules, the
+    # object for NAME_RULES): SpecError.field and the CEL fieldPath.
+    field: str
     message: str  # what to fix, naming the other fields; ` ({name})` placeholders take `values`
     cel: str
     holds: Callable[[SpecT], bool]
@@ -211,5 +218,41 @@ CROSS_FIELD_RULES: tuple[Rule[FederatedJobSpec], ...] = (
         holds=lambda s: (
             s.privacy.differential_privacy.mode != "distributed" or not s.privacy.differential_privacy.adaptive_clipping
         ),
+    ),
+)
+
+
+# --- the job's name -----------------------------------------------------------------------------------------
+
+#: What a Service name must be (RFC 1035 label, as Kubernetes checks it): the aggregator's Service is named
+#: after the job. Stricter than a custom resource's own name, which may hold dots or start with a digit.
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: The longest suffix a child's name adds to the job's (`<name>-aggregator`: its Pod, Service, ServiceAccount,
+#: Role, RoleBinding and ConfigMap; operator/naming.py, whose test checks every child name against this).
+LONGEST_CHILD_SUFFIX = "-aggregator"
+#: A DNS-1035 label has at most 63 characters; so has a label value (the children carry the job's name in one).
+MAX_LABEL_LENGTH = 63
+MAX_NAME_LENGTH = MAX_LABEL_LENGTH - len(LONGEST_CHILD_SUFFIX)
+
+_NAME = "self.metadata.name"
+
+#: In the order they are checked (the models report the first one a name breaks).
+NAME_RULES: tuple[Rule[str], ...] = (
+    Rule(
+        name="name-is-a-dns-label",
+        field="metadata.name",
+        message="must consist of lowercase letters, digits and '-', start with a letter and end with a letter or "
+        "digit (a DNS-1035 label: the job's Service is named after it)",
+        cel=f"{_NAME}.matches('{DNS_1035_LABEL}')",
+        holds=lambda name: re.fullmatch(DNS_1035_LABEL, name) is not None,
+    ),
+    Rule(
+        name="name-leaves-room-for-children",
+        field="metadata.name",
+        message=f"must be at most {MAX_NAME_LENGTH} characters ({{length}}): the job's children are named "
+        f"<name>{LONGEST_CHILD_SUFFIX}, and a Service name has at most {MAX_LABEL_LENGTH}",
+        cel=f"{_NAME}.size() <= {MAX_NAME_LENGTH}",
+        holds=lambda name: len(name) <= MAX_NAME_LENGTH,
+        values=lambda name: {"length": f"{len(name)} given"},
     ),
 )

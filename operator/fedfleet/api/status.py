@@ -74,6 +74,13 @@ class Reason(StrEnum):
     PRIVACY_BUDGET_EXHAUSTED = "PrivacyBudgetExhausted"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     INVALID_SPEC = "InvalidSpec"
+    INVALID_NAME = "InvalidName"
+    # A child of the job the API server refused (operator/reconcile/child_failure.py): Failed when the same
+    # request can never succeed (400, 422), Stalled while it may (403: PodSecurity, RBAC, quota; 5xx; ...).
+    CHILD_INVALID = "ChildInvalid"
+    CHILD_FORBIDDEN = "ChildForbidden"
+    CHILD_REQUEST_FAILED = "ChildRequestFailed"
+    CHILD_NAME_TAKEN = "ChildNameTaken"
     CRASH_LOOP = "CrashLoopBackOff"
     JOB_ENDED = "JobEnded"
     AS_EXPECTED = "AsExpected"

@@ -13,6 +13,10 @@ aggregator, children deleted by hand). Each reconciliation reads the job and its
 trigger carries no information and a missed one costs at most one resync interval. A per-job lock keeps two
 triggers of the same job from interleaving in this process.
 
+A child the API server refuses (a Service name it does not allow, a pod PodSecurity forbids, a webhook that
+is down) is said on the job, not only in this log: its status gets Stalled, or Failed when the request can
+never succeed, with the API's message, and a Warning Event. A stalled job is retried; a failed one is not.
+
 Persistence choices (kopf `settings.persistence`):
 * handler progress and the last-handled spec go into annotations under `fedfleet.io/` — not into `status`,
   whose schema is structural and owned by the operator and the aggregator;
@@ -38,10 +42,11 @@ from fedfleet.api.federatedjob import API_GROUP, API_VERSION
 from fedfleet.api.status import FederatedJobStatus
 from fedfleet.operator import kube_credentials, naming
 from fedfleet.operator.config import OperatorConfig
-from fedfleet.operator.k8s import ApiError, ForeignObject, JobApi, KubeClient
+from fedfleet.operator.job import JobRef
+from fedfleet.operator.k8s import ApiError, ChildRequestFailed, JobApi, KubeClient
 from fedfleet.operator.kube_credentials import KubeCredentials
 from fedfleet.operator.metrics import OperatorMetrics
-from fedfleet.operator.reconcile import reconcile
+from fedfleet.operator.reconcile import Plan, reconcile, refused
 from fedfleet.operator.resources import new_job_credentials
 
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -196,18 +201,31 @@ async def reconcile_job(state: OperatorState, namespace: str, name: str) -> None
         job = await state.api.get_job(namespace, name)
         if job is None or "deletionTimestamp" in job.body["metadata"]:
             return
-        observed = await state.api.observe(job)
-        creds = None
-        if "Secret" not in observed.present and not job.status().terminal:
-            # Key generation is CPU work: keep it off the event loop.
-            creds = await asyncio.to_thread(new_job_credentials, job.identity)
-        plan = reconcile(job, observed, state.config, dt.datetime.now(dt.UTC), creds)
-        await state.api.apply(job, plan)
-        merged = {**(job.body.get("status") or {}), **plan.status}
-        status = FederatedJobStatus.model_validate({k: v for k, v in merged.items() if v is not None})
-        state.metrics.observe_job(namespace, name, int(job.body.get("spec", {}).get("rounds", 0)), status)
-        for event in plan.events:
-            log.info("job %s/%s: %s: %s", namespace, name, event.reason, event.message)
+        try:
+            observed = await state.api.observe(job)
+            creds = None
+            if "Secret" not in observed.present and not job.status().terminal:
+                # Key generation is CPU work: keep it off the event loop.
+                creds = await asyncio.to_thread(new_job_credentials, job.identity)
+            plan = reconcile(job, observed, state.config, dt.datetime.now(dt.UTC), creds)
+            await state.api.apply(job, plan)
+        except ChildRequestFailed as failed:
+            # Said on the job (status and Event), then handed to _outcome: retried unless it can never work.
+            plan = refused(job, failed.failure, dt.datetime.now(dt.UTC))
+            await state.api.apply(job, plan)
+            _observed(state, job, plan)
+            raise
+        _observed(state, job, plan)
+
+
+def _observed(state: OperatorState, job: JobRef, plan: Plan) -> None:
+    """The job's metrics and log lines, from its status as the plan left it."""
+    merged = {**(job.body.get("status") or {}), **plan.status}
+    status = FederatedJobStatus.model_validate({k: v for k, v in merged.items() if v is not None})
+    state.metrics.observe_job(job.namespace, job.name, int(job.body.get("spec", {}).get("rounds", 0)), status)
+    for event in plan.events:
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        log.log(level, "job %s/%s: %s: %s", job.namespace, job.name, event.reason, event.message)
 
 
 class _outcome:
@@ -226,7 +244,17 @@ class _outcome:
         if exc is None:
             metrics.outcome("success")
             return False
-        if isinstance(exc, ForeignObject | aiohttp.ClientError | TimeoutError) or (
+        if isinstance(exc, ChildRequestFailed) and exc.failure.permanent:
+            # The job is Failed with the reason: retrying would only be refused again.
+            metrics.outcome("error")
+            return True
+        if isinstance(exc, ChildRequestFailed):
+            status = exc.failure.status
+            metrics.outcome("requeue")
+            # 403 (PodSecurity, RBAC, quota) waits for a person to act; the rest may pass on its own soon.
+            delay = RETRY_DELAY * 6 if status == 403 else RETRY_DELAY
+            raise kopf.TemporaryError(f"job {self.where}: {exc}", delay=delay) from exc
+        if isinstance(exc, aiohttp.ClientError | TimeoutError) or (
             isinstance(exc, ApiError) and (exc.status in (409, 429) or exc.status >= 500)
         ):
             metrics.outcome("requeue")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedfleet.api.federatedjob import FederatedJobSpec
+from fedfleet.api.federatedjob import FederatedJobSpec, name_error
 from fedfleet.api.manifest import describe_validation_error
 from fedfleet.api.status import FederatedJobStatus
 from fedfleet.security.tokens import job_identity
@@ -42,6 +42,12 @@ class JobRef:
             return FederatedJobSpec.model_validate(self.body.get("spec") or {}, by_alias=True, by_name=False)
         except ValidationError as exc:
             raise InvalidSpec(f"spec.{describe_validation_error(exc)}") from None
+
+    def name_problem(self) -> str | None:
+        """Why no child can be named after this job (`metadata.name: rule`), or None. The CRD refuses such a
+        name when the job is created; a job stored before it had the rule can still have one."""
+        broken = name_error(self.name)
+        return None if broken is None else f"{broken.field}: {broken.rule}"
 
     def status(self) -> FederatedJobStatus:
         """The current status; a status the models cannot read counts as empty (the operator rewrites it)."""

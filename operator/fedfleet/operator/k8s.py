@@ -2,14 +2,17 @@
 
 Plain JSON over aiohttp (already a kopf dependency): the builders produce API-shaped dicts, and a generated
 client would only convert them back and forth. Every call has a timeout; errors surface as `ApiError` with
-the HTTP status, so callers decide what is temporary.
+the HTTP status, so callers decide what is temporary. A refused request about one of a job's children surfaces
+as `ChildRequestFailed`, which says which child and what the API answered (reconcile/child_failure.py), so the
+job's status can say it too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -19,6 +22,7 @@ from fedfleet.operator import naming
 from fedfleet.operator.job import JobRef
 from fedfleet.operator.kube_credentials import KubeCredentials
 from fedfleet.operator.reconcile import EventSpec, Observed, Plan
+from fedfleet.operator.reconcile.child_failure import Action, ChildFailure
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -135,8 +139,25 @@ class KubeClient:
         return True
 
 
-class ForeignObject(Exception):
+class ChildRequestFailed(Exception):
+    """The API server refused a request about one of a job's children; `failure` says which and why."""
+
+    def __init__(self, failure: ChildFailure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+class ForeignObject(ChildRequestFailed):
     """A child's name is taken by an object this job does not own."""
+
+
+@contextmanager
+def _about_child(action: Action, kind: str, name: str) -> Iterator[None]:
+    """Turns an ApiError of the request made inside into ChildRequestFailed naming the child."""
+    try:
+        yield
+    except ApiError as err:
+        raise ChildRequestFailed(ChildFailure(action, kind, name, err.status, err.message)) from err
 
 
 class JobApi:
@@ -167,22 +188,29 @@ class JobApi:
         )
 
     async def _child(self, kind: str, job: JobRef, name: str) -> JSON | None:
-        obj = await self.client.get(object_path(kind, job.namespace, name))
+        with _about_child("read", kind, name):
+            obj = await self.client.get(object_path(kind, job.namespace, name))
         if obj is not None and not _owned_by(obj, job):
             # Left by an earlier job of the same name that garbage collection has not removed yet (or made by
             # hand): never adopt it; the caller retries until it is gone.
-            raise ForeignObject(f"{kind} {job.namespace}/{name} exists but does not belong to this job")
+            message = "it exists but does not belong to this job (a deleted job's, not yet removed, or made by hand)"
+            raise ForeignObject(ChildFailure("read", kind, name, None, message))
         return obj
 
     async def apply(self, job: JobRef, plan: Plan) -> None:
-        """Carry out a plan: children first (the pod last, so its volumes exist), then status, then Events."""
+        """Carry out a plan: children first (the pod last, so its volumes exist), then status, then Events.
+        A refused child stops it there (ChildRequestFailed): the rest would depend on it, and the status the plan
+        meant to write would be wrong; `reconcile.refused` gives the plan that says what happened."""
         for obj in plan.create:
-            await self.client.create(object_path(obj["kind"], job.namespace), obj)
+            with _about_child("create", obj["kind"], obj["metadata"]["name"]):
+                await self.client.create(object_path(obj["kind"], job.namespace), obj)
         for obj in plan.update:
             path = object_path(obj["kind"], job.namespace, obj["metadata"]["name"])
-            await self.client.merge_patch(path, {"data": obj.get("data")})
+            with _about_child("update", obj["kind"], obj["metadata"]["name"]):
+                await self.client.merge_patch(path, {"data": obj.get("data")})
         if plan.delete_pod:
-            await self.delete_pod(job)
+            with _about_child("delete", "Pod", naming.aggregator_name(job.name)):
+                await self.delete_pod(job)
         if plan.status:
             await self.client.merge_patch(job_path(job.namespace, job.name, "status"), {"status": plan.status})
         for event in plan.events:

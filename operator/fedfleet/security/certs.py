@@ -8,6 +8,7 @@ another. Keys are ECDSA P-256: small, fast to generate and to handshake with.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from fedfleet.persist.atomic import atomic_write_bytes
 DEFAULT_VALIDITY = dt.timedelta(days=90)
 #: Backdating covers clock skew between the aggregator and the devices.
 CLOCK_SKEW = dt.timedelta(minutes=5)
+#: X.509's bound on a common name (RFC 5280 ub-common-name), in UTF-8 bytes as `cryptography` counts it.
+MAX_COMMON_NAME_BYTES = 64
+#: Hex digits of the hash that stands in for the cut-off part of a long common name (64 bits).
+_CN_DIGEST_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,23 @@ class TlsFiles:
         return self.ca_cert.exists() and self.server_cert.exists() and self.server_key.exists()
 
 
-def generate_ca(common_name: str, validity: dt.timedelta = DEFAULT_VALIDITY) -> KeyPair:
-    """A self-signed CA that may sign leaf certificates only (path length 0)."""
+def common_name(label: str) -> str:
+    """`label` as a certificate common name: unchanged when it fits in 64 bytes; otherwise cut short, with a
+    hash of the whole label in place of the rest, so two long labels that begin alike (`fedfleet job
+    <namespace>/<name> CA` of two long job names) still get different names. Never longer than 64 bytes."""
+    encoded = label.encode("utf-8")
+    if 0 < len(encoded) <= MAX_COMMON_NAME_BYTES:
+        return label
+    digest = hashlib.sha256(encoded).hexdigest()[:_CN_DIGEST_CHARS]
+    # Cut on bytes, dropping a character the cut would split: the result is still valid UTF-8.
+    head = encoded[: MAX_COMMON_NAME_BYTES - _CN_DIGEST_CHARS - 1].decode("utf-8", errors="ignore")
+    return f"{head}-{digest}"
+
+
+def generate_ca(label: str, validity: dt.timedelta = DEFAULT_VALIDITY) -> KeyPair:
+    """A self-signed CA that may sign leaf certificates only (path length 0), named `common_name(label)`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(label))])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -92,7 +110,8 @@ def issue_server_cert(ca: KeyPair, hosts: list[str], validity: dt.timedelta = DE
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        # Clients check the SANs, never the CN; a long first host name must not make issuing fail.
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(hosts[0]))]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

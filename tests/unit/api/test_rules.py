@@ -4,6 +4,9 @@ Each rule has a spec here that breaks it and no other rule: the models refuse th
 the CRD holds the rule's CEL expression for the same field. A rule added to the table without a spec here
 fails `test_every_rule_has_a_spec_that_breaks_it`. Whether each CEL expression says what its predicate says
 is for a real API server to tell: tests/e2e/test_operator_rules.py sends it such manifests.
+
+The rules on the job's name (NAME_RULES) are short enough to evaluate here too, with a CEL interpreter;
+tests/e2e/test_operator_failures.py sends such names to the API server.
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import celpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from fedfleet.api import crd
 from fedfleet.api.federatedjob import FederatedJobSpec, SpecError, Strategy
+from fedfleet.api.manifest import ManifestError, job_from_object
 from fedfleet.api.rules import (
     CROSS_FIELD_RULES,
     INDIVIDUAL_UPDATE_STRATEGIES,
     KRUM_STRATEGIES,
+    MAX_NAME_LENGTH,
+    NAME_RULES,
     SUM_STRATEGIES,
     Rule,
 )
@@ -187,3 +196,101 @@ def test_the_cel_rule_names_the_same_field_with_a_fixed_message(rule: Rule) -> N
     # CEL messages are fixed text: every placeholder is left out, with its parentheses.
     assert "{" not in validation["message"] and "}" not in validation["message"]
     assert "()" not in validation["message"] and "  " not in validation["message"]
+
+
+# --- the job's name ---------------------------------------------------------------------------------------
+
+#: Per name rule, a name that breaks that rule and keeps every other.
+NAME_BREAKS: dict[str, str] = {
+    "name-is-a-dns-label": "my.job",
+    "name-leaves-room-for-children": "j" * (MAX_NAME_LENGTH + 1),
+}
+NAME_IDS = [rule.name for rule in NAME_RULES]
+#: Names the API server accepts for a custom resource (DNS-1123 subdomains) that no Service could be named after.
+NOT_LABELS = ["my.job", "1st-job", "a.b.c", "9", "x.y-z"]
+LABELS = ["a", "digits-fedavg", "j" * MAX_NAME_LENGTH, "a1-b2", "x9"]
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "fedfleet.io/v1alpha1",
+        "kind": "FederatedJob",
+        "metadata": {"name": name},
+        "spec": {"rounds": 1},
+    }
+
+
+def _root_validations() -> list[dict[str, Any]]:
+    root = crd.build_federatedjob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validations: list[dict[str, Any]] = root["x-kubernetes-validations"]
+    return validations
+
+
+def _cel_holds(rule: Rule, name: str) -> bool:
+    # The rule as CEL reads the stored object (cel-python; the API server's `matches` is RE2, which reads this
+    # pattern the same way). The creation-only wrapper is the API server's business: see the test below.
+    env = celpy.Environment()
+    program = env.program(env.compile(rule.cel))
+    return bool(program.evaluate({"self": celpy.json_to_cel({"metadata": {"name": name}})}))
+
+
+def test_every_name_rule_has_a_name_that_breaks_it_alone() -> None:
+    assert sorted(NAME_BREAKS) == sorted(NAME_IDS)
+    for rule in NAME_RULES:
+        assert [r.name for r in NAME_RULES if not r.holds(NAME_BREAKS[rule.name])] == [rule.name]
+
+
+@pytest.mark.parametrize("name", NOT_LABELS)
+def test_a_name_no_service_may_have_is_refused_by_the_models_naming_metadata_name(name: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        job_from_object(_named(name), source="job.yaml")
+    assert str(caught.value) == (f"job.yaml: metadata.name: {NAME_RULES[0].message} (got {name!r})")
+
+
+def test_a_name_too_long_for_its_children_is_refused_with_its_length() -> None:
+    name = NAME_BREAKS["name-leaves-room-for-children"]
+    with pytest.raises(ManifestError) as caught:
+        job_from_object(_named(name), source="job.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"job.yaml: metadata.name: must be at most {MAX_NAME_LENGTH} characters (53 given)")
+    assert "<name>-aggregator" in message
+
+
+@pytest.mark.parametrize("name", LABELS)
+def test_names_children_can_be_made_from_are_accepted(name: str) -> None:
+    assert job_from_object(_named(name)).metadata.name == name
+
+
+@pytest.mark.parametrize("rule", NAME_RULES, ids=NAME_IDS)
+def test_the_name_rule_is_cel_at_the_root_on_create_naming_metadata_name(rule: Rule) -> None:
+    (validation,) = [v for v in _root_validations() if rule.cel in v["rule"]]
+    assert validation == {
+        # Names never change; checked on create only, so a job stored before the rule keeps getting status
+        # patches and can still lose its finalizer (the root's rules run on every write).
+        "rule": f"oldSelf.hasValue() || ({rule.cel})",
+        "optionalOldSelf": True,
+        "message": f"metadata.name: {rule.static_message}",
+        "fieldPath": ".metadata.name",
+        "reason": "FieldValueInvalid",
+    }
+    assert "{" not in validation["message"] and "()" not in validation["message"]
+
+
+def test_the_root_declares_the_name_its_rules_point_at() -> None:
+    # A CEL fieldPath must exist in the schema, and at the root `metadata` may declare `name` and nothing else.
+    root = crd.build_federatedjob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert root["properties"]["metadata"] == {"type": "object", "properties": {"name": {"type": "string"}}}
+    assert [v["rule"] for v in _root_validations()] == [f"oldSelf.hasValue() || ({r.cel})" for r in NAME_RULES]
+
+
+@pytest.mark.parametrize(
+    "name", [*NOT_LABELS, *LABELS, *NAME_BREAKS.values(), "j" * 63, "a-" * 26 + "b", "job-", "-job", "Job"]
+)
+def test_cel_and_the_predicates_agree_on_these_names(name: str) -> None:
+    assert [_cel_holds(rule, name) for rule in NAME_RULES] == [rule.holds(name) for rule in NAME_RULES]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab9-.Z_", min_size=1, max_size=60))
+def test_cel_and_the_predicates_agree_on_any_name(name: str) -> None:
+    assert [_cel_holds(rule, name) for rule in NAME_RULES] == [rule.holds(name) for rule in NAME_RULES]

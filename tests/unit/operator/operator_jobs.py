@@ -17,12 +17,16 @@ SPEC: dict[str, Any] = {
 
 
 def job_body(
-    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1
+    spec: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    generation: int = 1,
+    name: str = "digits",
+    namespace: str = "team-a",
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "fedfleet.io/v1alpha1",
         "kind": "FederatedJob",
-        "metadata": {"name": "digits", "namespace": "team-a", "uid": "0f1e2d3c-uid", "generation": generation},
+        "metadata": {"name": name, "namespace": namespace, "uid": "0f1e2d3c-uid", "generation": generation},
         "spec": copy.deepcopy(SPEC if spec is None else spec),
     }
     if status is not None:

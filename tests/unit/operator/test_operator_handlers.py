@@ -1,24 +1,33 @@
-"""The kopf wiring: settings reach the handlers in kopf's memo, read when the operator starts, never at import."""
+"""The kopf wiring: settings reach the handlers in kopf's memo, read when the operator starts, never at import;
+and what a job says when the API server refuses one of its children (over HTTP, against FakeKube)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from fake_kube import FakeKube
+from operator_jobs import job_body
 from prometheus_client import CollectorRegistry
 
+from fedfleet.api.rules import MAX_NAME_LENGTH
 from fedfleet.operator import handlers
 from fedfleet.operator.config import OperatorConfig
-from fedfleet.operator.kube_credentials import load
-from fedfleet.operator.metrics import OperatorMetrics
+from fedfleet.operator.k8s import JobApi, KubeClient, job_path
+from fedfleet.operator.kube_credentials import KubeCredentials, load
+from fedfleet.operator.metrics import OUTCOMES, OperatorMetrics
+from fedfleet.security.certs import common_name
 
 PACKAGE_ROOT = Path(handlers.__file__).resolve().parents[2]  # the source root that holds `fedfleet`
 
@@ -147,3 +156,156 @@ def test_resync_runs_every_resync_seconds_and_backs_off_as_an_error_asks(
     asyncio.run(handlers.resync(namespace="team-a", name="digits", memo=memo, stopped=stopped))
     assert calls == [("team-a", "digits")] * 3
     assert stopped.timeouts == [2.5, 2.5, 11, 2.5]  # the settings' interval; after the error, its delay
+
+
+# --- children the API server refuses, over HTTP ------------------------------------------------------
+# The handler, k8s.py and the operator's HTTP client against FakeKube: what a user finds on the job when the
+# API server will not create one of its children.
+
+NAMESPACE = "team-a"
+JOB = job_path(NAMESPACE, "digits")
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+SERVICES = f"/api/v1/namespaces/{NAMESPACE}/services"
+PODSECURITY = (
+    'pods "digits-aggregator" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation '
+    '!= false (container "aggregator" must set securityContext.allowPrivilegeEscalation=false)'
+)
+STATIC_KINDS = ["ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount"]
+
+
+def _on_fake_kube(scenario: Callable[[FakeKube, handlers.OperatorState], Awaitable[None]]) -> FakeKube:
+    kube = FakeKube()
+
+    async def run() -> None:
+        async with kube.running():
+            creds = KubeCredentials(server=kube.server, ca_file=None, token="test-token")
+            client = KubeClient.connect(creds)
+            state = handlers.OperatorState(
+                OperatorConfig(), creds, JobApi(client), OperatorMetrics(CollectorRegistry())
+            )
+            try:
+                await scenario(kube, state)
+            finally:
+                await client.close()
+
+    asyncio.run(run())
+    return kube
+
+
+def _conditions(kube: FakeKube, path: str = JOB) -> dict[str, tuple[str, str, str]]:
+    status = kube.objects[path].get("status", {})
+    return {c["type"]: (c["status"], c["reason"], c.get("message", "")) for c in status.get("conditions", [])}
+
+
+def _warnings(kube: FakeKube) -> list[tuple[str, str]]:
+    return [(e["reason"], e["message"]) for e in kube.events if e["type"] == "Warning"]
+
+
+def _outcomes(state: handlers.OperatorState) -> dict[str, float | None]:
+    registry = state.metrics.registry
+    return {o: registry.get_sample_value("fedfleet_operator_reconciliations_total", {"outcome": o}) for o in OUTCOMES}
+
+
+def test_a_pod_podsecurity_forbids_stalls_the_job_with_the_api_message_and_is_retried() -> None:
+    async def scenario(kube: FakeKube, state: handlers.OperatorState) -> None:
+        kube.put(JOB, job_body())
+        kube.refuse(PODS, 403, PODSECURITY)
+        with pytest.raises(kopf.TemporaryError) as caught:
+            await handlers.reconcile_job(state, NAMESPACE, "digits")
+        assert caught.value.delay == handlers.RETRY_DELAY * 6  # a person has to act: no hurry
+        assert kube.kinds_created(NAMESPACE) == STATIC_KINDS
+        stalled = _conditions(kube)["Stalled"]
+        assert stalled[:2] == ("True", "ChildForbidden")
+        assert stalled[2] == f"creating Pod digits-aggregator: the API server answered 403: {PODSECURITY}"
+        assert _conditions(kube)["Ready"][:2] == ("False", "ChildForbidden")
+        assert kube.objects[JOB]["status"]["phase"] == "Pending"
+        assert _warnings(kube) == [("ChildForbidden", stalled[2])]
+        assert kube.events[0]["involvedObject"]["name"] == "digits"
+        assert _outcomes(state)["requeue"] == 1
+        # The retry is refused the same way: nothing new on the job, no second Event.
+        with pytest.raises(kopf.TemporaryError):
+            await handlers.reconcile_job(state, NAMESPACE, "digits")
+        assert len(_warnings(kube)) == 1
+        # Allowed now: the pod is made and the job is no longer stalled.
+        kube.refusals.clear()
+        await handlers.reconcile_job(state, NAMESPACE, "digits")
+        assert f"{PODS}/digits-aggregator" in kube.objects
+        assert _conditions(kube)["Stalled"][:2] == ("False", "AsExpected")
+        assert _conditions(kube)["Reconciling"][:2] == ("True", "CreatingAggregator")
+
+    _on_fake_kube(scenario)
+
+
+def test_a_child_refused_as_invalid_fails_the_job_once_and_for_all() -> None:
+    message = (
+        'Service "digits-aggregator" is invalid: spec.ports[0].port: Invalid value: 0: must be between 1 and 65535'
+    )
+
+    async def scenario(kube: FakeKube, state: handlers.OperatorState) -> None:
+        kube.put(JOB, job_body())
+        kube.refuse(SERVICES, 422, message)
+        await handlers.reconcile_job(state, NAMESPACE, "digits")  # no retry: it can never work
+        failed = _conditions(kube)["Failed"]
+        assert failed == (
+            "True",
+            "ChildInvalid",
+            f"creating Service digits-aggregator: the API server answered 422: {message}",
+        )
+        assert kube.objects[JOB]["status"]["phase"] == "Failed"
+        assert _warnings(kube) == [("ChildInvalid", failed[2])]
+        assert _outcomes(state)["error"] == 1
+        made = kube.kinds_created(NAMESPACE)
+        await handlers.reconcile_job(state, NAMESPACE, "digits")
+        assert kube.kinds_created(NAMESPACE) == made and len(kube.events) == 1  # nothing tried or said again
+
+    _on_fake_kube(scenario)
+
+
+def test_a_stored_job_with_a_dotted_name_fails_before_any_child_is_made() -> None:
+    # Before: its Service was refused (422) after the other children were made, and the job's status stayed
+    # empty. The CRD refuses such names now; one stored earlier is failed with the reason.
+    path = job_path(NAMESPACE, "my.job")
+
+    async def scenario(kube: FakeKube, state: handlers.OperatorState) -> None:
+        kube.put(path, job_body(name="my.job"))
+        await handlers.reconcile_job(state, NAMESPACE, "my.job")
+        failed = _conditions(kube, path)["Failed"]
+        assert failed[:2] == ("True", "InvalidName") and failed[2].startswith("metadata.name: must consist of")
+        assert kube.kinds_created(NAMESPACE) == []
+        assert [reason for reason, _ in _warnings(kube)] == ["InvalidName"]
+
+    _on_fake_kube(scenario)
+
+
+def test_the_longest_name_in_the_longest_namespace_gets_all_its_children() -> None:
+    # Before: a name over ~40 characters made the job CA's common name longer than X.509's 64 → ValueError in
+    # the operator, nothing on the job.
+    name, namespace = "j" * MAX_NAME_LENGTH, "n" * 63
+    path = job_path(namespace, name)
+
+    async def scenario(kube: FakeKube, state: handlers.OperatorState) -> None:
+        kube.put(path, job_body(name=name, namespace=namespace))
+        await handlers.reconcile_job(state, namespace, name)
+        assert kube.kinds_created(namespace) == sorted(["Pod", *STATIC_KINDS])
+        assert _warnings(kube) == []
+        secret = kube.objects[f"/api/v1/namespaces/{namespace}/secrets/{name}-credentials"]
+        ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+        (cn,) = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        assert cn.value == common_name(f"fedfleet job {namespace}/{name} CA")
+
+    _on_fake_kube(scenario)
+
+
+def test_a_childs_name_taken_by_another_owner_stalls_the_job_saying_so() -> None:
+    async def scenario(kube: FakeKube, state: handlers.OperatorState) -> None:
+        kube.put(JOB, job_body())
+        foreign = {"kind": "Service", "metadata": {"name": "digits-aggregator", "ownerReferences": [{"uid": "other"}]}}
+        kube.put(f"{SERVICES}/digits-aggregator", foreign)
+        with pytest.raises(kopf.TemporaryError) as caught:
+            await handlers.reconcile_job(state, NAMESPACE, "digits")
+        assert caught.value.delay == handlers.RETRY_DELAY  # the usual case: a deleted job's, about to go
+        stalled = _conditions(kube)["Stalled"]
+        assert stalled[:2] == ("True", "ChildNameTaken")
+        assert stalled[2].startswith("reading Service digits-aggregator: it exists but does not belong to this job")
+
+    _on_fake_kube(scenario)

@@ -13,7 +13,7 @@ from fedfleet.api.status import ConditionType, FederatedJobStatus
 from fedfleet.operator import naming
 from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.job import JobRef
-from fedfleet.operator.reconcile import Observed, Plan, reconcile, set_condition
+from fedfleet.operator.reconcile import ChildFailure, Observed, Plan, reconcile, refused, set_condition
 from fedfleet.operator.resources import JobCredentials
 
 CONFIG = OperatorConfig()
@@ -30,14 +30,15 @@ def at(seconds: float) -> dt.datetime:
 class World:
     """A job and its children as the API server would hold them, with plans applied the way k8s.py does."""
 
-    def __init__(self, credentials: JobCredentials, spec: dict[str, Any] | None = None) -> None:
-        self.body = job_body(spec)
+    def __init__(self, credentials: JobCredentials, spec: dict[str, Any] | None = None, name: str = "digits") -> None:
+        self.body = job_body(spec, name=name)
         self.credentials = credentials
         self.present: set[str] = set()
         self.configmap: dict[str, str] | None = None
         self.pod: dict[str, Any] | None = None
         self.events: list[tuple[str, str]] = []
         self.deleted_pods = 0
+        self.refusing: dict[str, tuple[int, str]] = {}
 
     @property
     def status(self) -> FederatedJobStatus:
@@ -52,7 +53,26 @@ class World:
         observed = Observed(pod=self.pod, present=frozenset(self.present), configmap_data=self.configmap)
         creds = self.credentials if "Secret" not in self.present else None
         plan = reconcile(JobRef.from_body(self.body), observed, config, now, creds)
+        failure = self._create_children(plan, now)
+        if failure is not None:
+            # As k8s.py and the handler do: applying stops at the refused child, and the job says why.
+            plan = refused(JobRef.from_body(self.body), failure, now)
+        else:
+            self._apply_the_rest(plan)
+        status = {**(self.body.get("status") or {}), **plan.status}
+        self.body["status"] = {k: v for k, v in status.items() if v is not None}
+        self.events += [(e.type, e.reason) for e in plan.events]
+        return plan
+
+    def refuse(self, kind: str, status: int, message: str) -> None:
+        """From now on the API server refuses to create children of `kind`, answering `status` and `message`."""
+        self.refusing[kind] = (status, message)
+
+    def _create_children(self, plan: Plan, now: dt.datetime) -> ChildFailure | None:
         for obj in plan.create:
+            if obj["kind"] in self.refusing:
+                status, message = self.refusing[obj["kind"]]
+                return ChildFailure("create", obj["kind"], obj["metadata"]["name"], status, message)
             if obj["kind"] == "Pod":
                 assert self.pod is None, "a second aggregator pod"
                 self.pod = copy.deepcopy(obj)
@@ -63,15 +83,14 @@ class World:
                 self.present.add(obj["kind"])
                 if obj["kind"] == "ConfigMap":
                     self.configmap = obj["data"]
+        return None
+
+    def _apply_the_rest(self, plan: Plan) -> None:
         for obj in plan.update:
             self.configmap = obj["data"]
         if plan.delete_pod:
             assert self.pod is not None
             self.pod, self.deleted_pods = None, self.deleted_pods + 1
-        status = {**(self.body.get("status") or {}), **plan.status}
-        self.body["status"] = {k: v for k, v in status.items() if v is not None}
-        self.events += [(e.type, e.reason) for e in plan.events]
-        return plan
 
     def pod_runs(self, ready: bool = True, ip: str = "127.0.10.7") -> None:
         assert self.pod is not None
@@ -418,3 +437,174 @@ def test_no_model_condition_without_a_gateway_or_before_the_outcome(credentials:
     world.aggregator_reports(outcome={"reason": "RoundsCompleted", "message": "3 rounds finished"})
     world.step(at(32))
     assert world.status.condition(ConditionType.MODEL_PUBLISHED) is None
+
+
+# --- children the API server refuses ------------------------------------------------------------------
+
+_INVALID_SERVICE = (
+    'Service "digits-aggregator" is invalid: metadata.name: Invalid value: "digits-aggregator": '
+    "admission policy service-names denied the request"
+)
+_PODSECURITY = (
+    'pods "digits-aggregator" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation '
+    '!= false (containers "prepare", "aggregator" must set securityContext.allowPrivilegeEscalation=false)'
+)
+
+
+def _message(world: World, kind: ConditionType) -> str:
+    found = world.status.condition(kind)
+    assert found is not None, kind
+    return found.message
+
+
+def test_a_child_refused_as_invalid_fails_the_job_with_the_api_message(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    world.refuse("Service", 422, _INVALID_SERVICE)
+    world.step(at(0))
+    assert world.cond(ConditionType.FAILED) == ("True", "ChildInvalid")
+    assert world.cond(ConditionType.STALLED) == ("True", "ChildInvalid")  # kstatus: Failed
+    assert world.cond(ConditionType.READY)[0] == "False" and world.cond(ConditionType.COMPLETE)[0] == "False"
+    said = f"creating Service digits-aggregator: the API server answered 422: {_INVALID_SERVICE}"
+    assert _message(world, ConditionType.FAILED) == said
+    assert world.status.phase == "Failed" and world.status.completion_time == "2030-01-02T03:04:05Z"
+    assert world.events.count(("Warning", "ChildInvalid")) == 1  # Failed and Stalled say it once between them
+    assert world.pod is None and "Service" not in world.present
+    # It can never work: nothing is tried again, and the status stays as it is.
+    assert world.step(at(30)).idle
+
+
+def test_a_forbidden_pod_stalls_the_job_until_it_is_allowed(credentials: JobCredentials) -> None:
+    world = World(credentials)
+    world.refuse("Pod", 403, _PODSECURITY)
+    world.step(at(0))
+    assert world.present == ALL_STATIC and world.pod is None  # every child before the pod was made
+    assert world.cond(ConditionType.STALLED) == ("True", "ChildForbidden")
+    assert _message(world, ConditionType.STALLED) == (
+        f"creating Pod digits-aggregator: the API server answered 403: {_PODSECURITY}"
+    )
+    assert world.cond(ConditionType.READY) == ("False", "ChildForbidden")
+    assert world.cond(ConditionType.RECONCILING) == ("False", "ChildForbidden")
+    assert world.cond(ConditionType.FAILED) == ("False", "AsExpected")  # not over: it may be allowed later
+    assert world.status.phase == "Pending"
+    assert world.events.count(("Warning", "ChildForbidden")) == 1
+    # Refused again for the same reason: nothing new to say (no status patch, no second Event).
+    assert world.step(at(5)).idle
+    # Refused for another reason: the condition says the new one, and an Event says it once.
+    world.refuse("Pod", 403, 'pods "digits-aggregator" is forbidden: exceeded quota: compute, requested: cpu=1')
+    world.step(at(10))
+    assert "exceeded quota" in _message(world, ConditionType.STALLED)
+    stalled = world.status.condition(ConditionType.STALLED)
+    assert stalled is not None and stalled.last_transition_time == "2030-01-02T03:04:05Z"  # True all along
+    assert world.events.count(("Warning", "ChildForbidden")) == 2
+    # Allowed (the namespace's policy or quota changed): the pod is made and the job is no longer stalled.
+    world.refusing.clear()
+    world.step(at(20))
+    assert world.pod is not None
+    assert world.cond(ConditionType.STALLED) == ("False", "AsExpected")
+    assert world.cond(ConditionType.RECONCILING) == ("True", "CreatingAggregator")
+    world.pod_runs()
+    world.step(at(21))
+    assert world.cond(ConditionType.READY) == ("True", "AggregatorReady")
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "ends"),
+    [
+        (400, "ChildInvalid", True),
+        (422, "ChildInvalid", True),
+        (403, "ChildForbidden", False),
+        (404, "ChildRequestFailed", False),  # e.g. the namespace is being deleted
+        (409, "ChildRequestFailed", False),
+        (429, "ChildRequestFailed", False),
+        (500, "ChildRequestFailed", False),  # e.g. an admission webhook that cannot be reached
+        (503, "ChildRequestFailed", False),
+        (None, "ChildNameTaken", False),  # the name is taken by an object of another owner
+    ],
+)
+def test_only_a_refusal_that_can_never_pass_fails_the_job(
+    credentials: JobCredentials, status: int | None, reason: str, ends: bool
+) -> None:
+    failure = ChildFailure("create", "ConfigMap", "digits-aggregator", status, "the answer")
+    assert (failure.reason, failure.permanent) == (reason, ends)
+    plan = refused(JobRef.from_body(job_body()), failure, at(0))
+    status_after = FederatedJobStatus.model_validate(plan.status)
+    assert status_after.is_true(ConditionType.FAILED) is ends
+    assert status_after.is_true(ConditionType.STALLED)
+    stalled = status_after.condition(ConditionType.STALLED)
+    assert stalled is not None and stalled.reason == reason and stalled.message.endswith("the answer")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", reason)]
+
+
+def test_a_refusal_after_the_job_ended_changes_nothing(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    world.aggregator_reports(round=3)
+    world.step(at(30))
+    failure = ChildFailure("delete", "Pod", "digits-aggregator", 500, "etcd timeout")
+    assert refused(JobRef.from_body(world.body), failure, at(31)).idle
+
+
+def test_a_stored_job_whose_name_no_child_may_have_fails_without_making_any(credentials: JobCredentials) -> None:
+    # A dotted name passes the API server's check of a custom resource's name, but no Service may have it. The
+    # CRD refuses it now; a job stored before that fails at once, saying why, instead of half its children.
+    world = World(credentials, name="my.job")
+    plan = world.step(at(0))
+    assert not plan.create
+    assert world.cond(ConditionType.FAILED) == ("True", "InvalidName")
+    assert world.cond(ConditionType.STALLED) == ("True", "InvalidName")
+    assert _message(world, ConditionType.FAILED).startswith("metadata.name: must consist of lowercase letters")
+    assert world.events == [("Warning", "InvalidName")]
+
+
+# --- the record of an ended job -----------------------------------------------------------------------
+
+
+def test_a_completed_job_keeps_no_stale_pod_phase_or_endpoint(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    assert world.status.endpoint is not None
+    world.aggregator_reports(round=3)
+    world.step(at(30))
+    assert world.status.phase == "Complete"
+    assert world.status.endpoint is None  # nothing serves devices any more
+    pod = world.status.aggregator_pod
+    assert pod is not None and pod.phase == "Running"  # true: it lingers before it exits
+    assert world.pod is not None
+    world.pod["status"]["phase"] = "Succeeded"
+    world.step(at(40))
+    pod = world.status.aggregator_pod
+    assert pod is not None and pod.phase == "Succeeded"
+    world.pod = None  # removed: the record of how it finished stays
+    assert world.step(at(50)).idle
+    assert world.status.aggregator_pod == pod
+
+
+def test_a_failed_jobs_stopped_pod_leaves_no_running_record(credentials: JobCredentials) -> None:
+    world = running_world(credentials, {**SPEC, "activeDeadlineSeconds": 100})
+    plan = world.step(at(101))
+    assert plan.delete_pod and world.status.endpoint is None
+    world.step(at(102))  # the pod is gone; it was last seen Running, which it no longer is
+    assert world.status.aggregator_pod is None and world.status.endpoint is None
+    assert world.step(at(103)).idle
+
+
+def test_a_job_that_ended_with_a_stale_record_is_corrected(credentials: JobCredentials) -> None:
+    # What an earlier operator left: Complete, with the pod's last phase Running and the endpoint still set.
+    world = running_world(credentials)
+    world.aggregator_reports(round=3)
+    world.step(at(30))
+    world.body["status"].update(
+        endpoint="127.0.10.7:50051",
+        aggregatorPod={"name": "digits-aggregator", "uid": "old", "phase": "Running", "restarts": 0},
+    )
+    world.pod = None
+    world.step(at(40))
+    assert world.status.endpoint is None and world.status.aggregator_pod is None
+    assert world.cond(ConditionType.COMPLETE)[0] == "True"
+
+
+def test_a_huge_api_message_is_cut_so_the_status_can_still_be_written(credentials: JobCredentials) -> None:
+    # A webhook may answer anything; a condition message over the schema's 32768 would be refused in turn.
+    failure = ChildFailure("create", "Pod", "digits-aggregator", 500, "webhook says: " + "x" * 100_000)
+    said = failure.describe()
+    assert len(said) < 2100 and said.endswith("…") and "webhook says: xxx" in said
+    plan = refused(JobRef.from_body(job_body()), failure, at(0))
+    assert FederatedJobStatus.model_validate(plan.status).condition(ConditionType.STALLED) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from operator_jobs import job_body
 
 from fedfleet.api.aggregator_config import CLUSTER_ONLY_FIELDS, dump_config, load_config_job, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
+from fedfleet.api.rules import DNS_1035_LABEL, MAX_LABEL_LENGTH, MAX_NAME_LENGTH
 from fedfleet.operator import naming
 from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.resources import (
@@ -27,8 +29,10 @@ from fedfleet.operator.resources import (
     build_service,
     build_service_account,
     build_state_claim,
+    new_job_credentials,
     pod_spec_hash,
 )
+from fedfleet.operator.resources.pod import service_hosts
 
 CONFIG = OperatorConfig()
 
@@ -37,8 +41,8 @@ def _spec(body: dict[str, Any]) -> FederatedJobSpec:
     return FederatedJobSpec.model_validate(body["spec"])
 
 
-def _children(credentials: JobCredentials) -> list[dict[str, Any]]:
-    body = job_body()
+def _children(credentials: JobCredentials, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    body = job_body() if body is None else body
     spec = _spec(body)
     text = dump_config(aggregator_config(body, spec))
     return [
@@ -84,6 +88,46 @@ def test_names_are_fixed_so_a_restarted_operator_finds_its_children(credentials:
         ("Pod", "digits-aggregator"),
     }
     assert _children(credentials) == _children(credentials)  # pure: same input, same objects
+
+
+# Kubernetes' own name rules (k8s.io/apimachinery/pkg/util/validation), as the API server applies them.
+DNS_1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
+
+
+def _refusals(child: dict[str, Any]) -> list[str]:
+    """What the API server would say against `child`'s name and labels (empty: it accepts them)."""
+    meta, problems = child["metadata"], []
+    name = meta["name"]
+    if child["kind"] == "Service" and (re.fullmatch(DNS_1035_LABEL, name) is None or len(name) > MAX_LABEL_LENGTH):
+        problems.append(f"Service name {name!r} is not a DNS-1035 label of at most 63 characters")
+    if re.fullmatch(DNS_1123_SUBDOMAIN, name) is None or len(name) > 253:
+        problems.append(f"{child['kind']} name {name!r} is not a DNS-1123 subdomain")
+    for key, value in meta["labels"].items():
+        if re.fullmatch(LABEL_VALUE, value) is None or len(value) > MAX_LABEL_LENGTH:
+            problems.append(f"{child['kind']} label {key}={value!r} is not a label value")
+    return problems
+
+
+def test_the_longest_name_the_crd_admits_gives_children_the_api_server_accepts(gateway_link: GatewayLink) -> None:
+    # Before the name rules, a dotted name had its Service refused (422) after the other children were made,
+    # and a name over ~40 characters made the job CA's common name too long for X.509.
+    name, namespace = "j" * MAX_NAME_LENGTH, "n" * 63
+    body = job_body(name=name, namespace=namespace)
+    credentials = new_job_credentials(f"{namespace}/{name}")  # the job CA, named within X.509's 64 bytes
+    children = [*_children(credentials, body), build_gateway_secret(body, gateway_link)]
+    assert [problem for child in children for problem in _refusals(child)] == []
+    # The server certificate's names: each DNS label of a host name has at most 63 characters.
+    assert all(len(label) <= MAX_LABEL_LENGTH for host in service_hosts(body) for label in host.split("."))
+
+
+def test_one_character_more_and_the_service_name_would_be_refused(credentials: JobCredentials) -> None:
+    # MAX_NAME_LENGTH is tight: it is the aggregator's suffix that sets it.
+    body = job_body(name="j" * (MAX_NAME_LENGTH + 1))
+    (service,) = [c for c in _children(credentials, body) if c["kind"] == "Service"]
+    assert _refusals(service) == [
+        f"Service name {service['metadata']['name']!r} is not a DNS-1035 label of at most 63 characters"
+    ]
 
 
 def test_aggregator_role_patches_only_its_own_jobs_status() -> None:

@@ -5,7 +5,8 @@ On the operator's floor; no Kubernetes API calls here (operator/k8s.py makes the
 
 from __future__ import annotations
 
+from fedfleet.operator.reconcile.child_failure import ChildFailure
 from fedfleet.operator.reconcile.conditions import set_condition
-from fedfleet.operator.reconcile.plan import EventSpec, Observed, Plan, reconcile
+from fedfleet.operator.reconcile.plan import EventSpec, Observed, Plan, reconcile, refused
 
-__all__ = ["EventSpec", "Observed", "Plan", "reconcile", "set_condition"]
+__all__ = ["ChildFailure", "EventSpec", "Observed", "Plan", "reconcile", "refused", "set_condition"]

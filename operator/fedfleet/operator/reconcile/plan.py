@@ -7,10 +7,14 @@ create or update, whether to delete the aggregator pod, the status patch (only t
 those that change) and the Events to post. Applying a plan twice is harmless: creation is by fixed name, so a
 second attempt ends in AlreadyExists, and an unchanged status produces an empty patch.
 
+When the API server refuses one of the children, k8s.py stops applying the plan and `refused(job, failure, now)`
+gives the plan that says so on the job instead: Stalled while a retry may succeed, Failed when it never can.
+
 The life of a job: Pending (children created, aggregator starting) → Running (aggregator ready) → Complete
 (the aggregator finished: all rounds, or it stopped early, e.g. PrivacyBudgetExhausted) or Failed
-(DeadlineExceeded, InvalidSpec). Suspended in between stops the aggregator pod; resuming recreates it and it
-continues from its checkpoint. Complete and Failed are terminal: nothing is created again afterwards.
+(DeadlineExceeded, InvalidSpec, InvalidName, ChildInvalid). Suspended in between stops the aggregator pod;
+resuming recreates it and it continues from its checkpoint. Complete and Failed are terminal: nothing is
+created again afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fedfleet.api.status import NOT_PUBLISHED_MARK, Condition, ConditionType, Fe
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.job import InvalidSpec, JobRef
+from fedfleet.operator.reconcile.child_failure import ChildFailure
 from fedfleet.operator.reconcile.conditions import is_true, parse_rfc3339, rfc3339, set_condition
 from fedfleet.operator.resources import (
     JobCredentials,
@@ -42,6 +47,8 @@ from fedfleet.operator.resources import (
 
 JSON = dict[str, Any]
 
+#: Pod phases after which a pod runs nothing any more.
+_FINISHED_POD_PHASES = frozenset({"Succeeded", "Failed"})
 #: Waiting reasons of a container that will not fix themselves by waiting (kubelet vocabulary).
 STUCK_REASONS = frozenset(
     {"CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
@@ -116,7 +123,8 @@ class _Draft:
             update=tuple(self.update),
             delete_pod=self.delete_pod,
             status=_changed(self.job.body.get("status") or {}, self.fields),
-            events=tuple(self.events),
+            # Once each: Failed and Stalled turning True for the same cause would say the same thing twice.
+            events=tuple(dict.fromkeys(self.events)),
         )
 
 
@@ -132,19 +140,22 @@ def reconcile(
     draft = _Draft(job, old, now)
     pod = observed.pod
     terminating = pod is not None and "deletionTimestamp" in pod["metadata"]
+    # Stored before the CRD had the rule it breaks (CEL refuses such a job now): it can never run, so it fails
+    # with the reason instead of having its children refused one by one.
     try:
         spec = job.spec()
     except InvalidSpec as exc:
-        if not old.terminal:
-            _fail(draft, Reason.INVALID_SPEC, str(exc), stop=pod is not None and not terminating)
-            draft.cond(ConditionType.STALLED, True, Reason.INVALID_SPEC, str(exc))
-        return draft.plan()
+        return _never_runs(draft, Reason.INVALID_SPEC, str(exc), pod, stop=pod is not None and not terminating)
+    name_problem = job.name_problem()
+    if name_problem is not None:
+        return _never_runs(draft, Reason.INVALID_NAME, name_problem, pod, stop=pod is not None and not terminating)
 
     if old.terminal:
         # The job has ended: keep the record; a failed job's aggregator stays stopped.
         draft.delete_pod = old.is_true(ConditionType.FAILED) and pod is not None and not terminating
         if old.is_true(ConditionType.COMPLETE):
             _model_published(draft, old)
+        _ended_pod(draft, pod)
         return draft.plan()
 
     # Rendered once: the ConfigMap holds this text and the pod's hash covers it.
@@ -157,6 +168,7 @@ def reconcile(
 
     if _finished(old, spec, pod):
         _complete(draft, old, spec)
+        _ended_pod(draft, pod)
         return draft.plan()
 
     deadline = spec.active_deadline_seconds
@@ -164,9 +176,45 @@ def reconcile(
     if deadline is not None and started is not None and (now - started).total_seconds() >= deadline:
         message = f"the aggregator ran for {deadline}s (spec.activeDeadlineSeconds) before the job completed"
         _fail(draft, Reason.DEADLINE_EXCEEDED, message, stop=pod is not None and not terminating)
+        _ended_pod(draft, pod)
         return draft.plan()
 
     _drive_pod(draft, observed, spec, config, config_text, terminating)
+    return draft.plan()
+
+
+def refused(job: JobRef, failure: ChildFailure, now: dt.datetime) -> Plan:
+    """The status and Events for a child the API server refused, once k8s.py has stopped applying the plan.
+
+    Failed (and Stalled, for kstatus) when the same request can never succeed; Stalled, with Ready and
+    Reconciling False, while a retry may (the handler retries). Either way the condition carries the API's
+    message, and a Warning Event says it: when the condition turns True, and again when a different refusal
+    replaces the one already reported. Nothing changes for a job that has already ended."""
+    old = job.status()
+    draft = _Draft(job, old, now)
+    if old.terminal:
+        return draft.plan()
+    reason, message = failure.reason, failure.describe()
+    if failure.permanent:
+        _fail(draft, reason, message, stop=False)
+        draft.cond(ConditionType.STALLED, True, reason, message)
+        return draft.plan()
+    before = old.condition(ConditionType.STALLED)
+    if before is not None and before.status == "True" and (before.reason, before.message) != (reason, message):
+        draft.event("Warning", reason, message)  # still stalled, for another cause: the edge Event will not come
+    draft.cond(ConditionType.STALLED, True, reason, message)
+    draft.cond(ConditionType.READY, False, reason, message)
+    draft.cond(ConditionType.RECONCILING, False, reason, message)
+    _init_terminal(draft)
+    draft.fields["phase"] = draft.fields["phase"] or Phase.PENDING.value
+    return draft.plan()
+
+
+def _never_runs(draft: _Draft, reason: str, message: str, pod: JSON | None, stop: bool) -> Plan:
+    if not draft.old.terminal:
+        _fail(draft, reason, message, stop=stop)
+        draft.cond(ConditionType.STALLED, True, reason, message)
+    _ended_pod(draft, pod)
     return draft.plan()
 
 
@@ -269,6 +317,17 @@ def _fail(draft: _Draft, reason: str, message: str, stop: bool) -> None:
     draft.cond(ConditionType.STALLED, False, Reason.AS_EXPECTED)
     draft.fields["endpoint"] = None
     draft.end(Phase.FAILED)
+
+
+def _ended_pod(draft: _Draft, pod: JSON | None) -> None:
+    """What the status says of the aggregator once the job has ended. No endpoint: nothing serves devices any
+    more. The pod as it is now while it exists (Running while it lingers or shuts down, then Succeeded or
+    Failed); once it is gone, the record of it only if it had finished, so no stale `Running` stays behind."""
+    draft.fields["endpoint"] = None
+    if pod is not None:
+        draft.fields["aggregatorPod"] = _pod_summary(pod)
+    elif draft.old.aggregator_pod is not None and draft.old.aggregator_pod.phase not in _FINISHED_POD_PHASES:
+        draft.fields["aggregatorPod"] = None
 
 
 def _init_terminal(draft: _Draft) -> None:
