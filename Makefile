@@ -43,18 +43,21 @@ unit: venv prometheus-build
 	$(BIN)/pytest -q -m "not e2e" -n $(UNIT_WORKERS) --dist loadgroup tests/unit tests/integration
 
 # The real control plane: etcd, kube-apiserver, kube-controller-manager, kubectl and helm built from Go
-# modules, cached by version under ~/.cache/fedfleet/controlplane (a cold build takes about 12 minutes).
+# modules, cached by version under $FEDFLEET_CACHE/controlplane (a cold build takes about 12 minutes).
 CLUSTER_STATE ?= .cluster
+# As the build scripts read it: $FEDFLEET_CACHE when set and not empty, else ~/.cache/fedfleet.
+CACHE_DIR = $(or $(FEDFLEET_CACHE),$(HOME)/.cache/fedfleet)
+# build.sh names the version it builds; the bin directory is keyed by it.
+K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' e2e/controlplane/build.sh)
+CP_BIN = $(CACHE_DIR)/controlplane/$(K8S_VERSION)/bin
 
 cluster-build: prometheus-build
-	bash e2e/controlplane/build.sh
+	FEDFLEET_CACHE=$(CACHE_DIR) bash e2e/controlplane/build.sh
 
 # Prometheus and promtool with Kubernetes service discovery, built from Go modules, cached by version under
-# ~/.cache/fedfleet/prometheus (a cold build takes 5 to 15 minutes).
+# $FEDFLEET_CACHE/prometheus (a cold build takes 5 to 15 minutes).
 prometheus-build:
-	bash e2e/prometheus/build.sh
-
-CP_BIN = $(HOME)/.cache/fedfleet/controlplane/v1.37.2/bin
+	FEDFLEET_CACHE=$(CACHE_DIR) bash e2e/prometheus/build.sh
 
 # A local cluster with Prometheus and the operator installed by helm; export the KUBECONFIG it prints to use
 # kubectl, and FEDFLEET_PROMETHEUS for Prometheus' UI and API.
@@ -63,7 +66,8 @@ CP_BIN = $(HOME)/.cache/fedfleet/controlplane/v1.37.2/bin
 GATEWAY_IP ?= 127.0.10.254
 
 cluster-up: venv cluster-build
-	$(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent --prometheus
+	FEDFLEET_CACHE=$(CACHE_DIR) $(PY) e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE) --node-agent \
+	  --prometheus
 	HELM_CACHE_HOME=$(CLUSTER_STATE)/helm HELM_CONFIG_HOME=$(CLUSTER_STATE)/helm HELM_DATA_HOME=$(CLUSTER_STATE)/helm \
 	  $(CP_BIN)/helm --kubeconfig $(CLUSTER_STATE)/kubeconfig upgrade --install fedfleet charts/fedfleet \
 	  -n fedfleet-system --create-namespace --wait \
@@ -71,7 +75,7 @@ cluster-up: venv cluster-build
 	  --set gateway.storage.kind=emptyDir \
 	  --set 'gateway.podAnnotations.nodeagent\.fedfleet\.io/pod-ip=$(GATEWAY_IP)' \
 	  --set gateway.address=$(GATEWAY_IP):7443
-	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_STATE)/kubeconfig PATH=$(CP_BIN):\$$PATH" \
+	@echo "export KUBECONFIG=$(abspath $(CLUSTER_STATE))/kubeconfig PATH=$(CP_BIN):\$$PATH" \
 	  "FEDFLEET_PROMETHEUS=$$(cat $(CLUSTER_STATE)/prometheus/address)"
 
 cluster-down: venv

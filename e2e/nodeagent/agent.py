@@ -12,7 +12,8 @@ local process groups. The agent
   emptyDir, hostPath; a PVC is a directory of the node) under the pod's directory;
 * gives each pod its own address in 127.0.0.0/8 (status.podIP, FEDFLEET_POD_IP) — the one its annotation
   `nodeagent.fedfleet.io/pod-ip` names, if any, as a stable address in place of a Service — reports phase,
-  container states, restart counts and readiness from the pod's probes, restarts per restartPolicy;
+  container states, restart counts and readiness from the pod's probes, restarts per restartPolicy,
+  termination messages (terminationMessagePath under the pod's directory, FallbackToLogsOnError);
 * on deletion, SIGTERMs the process groups, SIGKILLs them after the grace period, then removes the pod.
 
 Programs see FEDFLEET_ROOT=<pod dir>: an absolute mountPath such as /var/run/secrets/kubernetes.io/

@@ -42,6 +42,12 @@ log = logging.getLogger("nodeagent.runner")
 TICK = 0.2  # seconds between passes over the containers
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0  # the kubelet uses 10 s .. 5 min; tests want restarts soon
 POD_UID_ENV = "FEDFLEET_POD_UID"  # marks every process of a pod, so leftovers can be found and killed
+# Termination messages, as the kubelet has them: the file at terminationMessagePath (this default when unset;
+# under the pod dir here, like every in-pod path), emptied before each start and read after each exit, up to
+# 4096 bytes; with FallbackToLogsOnError, a failed container that wrote nothing gets the tail of its log.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+LOG_TAIL_LINES, LOG_TAIL_BYTES = 80, 2048
 
 
 def now_rfc3339() -> str:
@@ -282,6 +288,10 @@ class PodRunner(threading.Thread):
             cwd.mkdir(parents=True, exist_ok=True)
             # securityContext is not applied: the process runs as the agent's user (see e2e/README.md); the API
             # server's PodSecurity admission is what judges the pod's declared security.
+            message_file = self._termination_file(c)
+            if message_file is not None:  # every run of a container starts with an empty file
+                message_file.parent.mkdir(parents=True, exist_ok=True)
+                message_file.write_bytes(b"")
             with open(self.dir / "logs" / f"{c.name}.log", "ab") as out:
                 c.proc = subprocess.Popen(
                     argv,
@@ -314,7 +324,7 @@ class PodRunner(threading.Thread):
         started = started_at or c.state.get("running", {}).get("startedAt", now_rfc3339())
         term: JSON = {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now_rfc3339()}
         if message:
-            term["message"] = message[-1000:]
+            term["message"] = message[-MAX_TERMINATION_MESSAGE_BYTES:]
         c.ready = False
         c.proc = None
         if c.init:  # init containers always run to success; only a failure is retried, unless Never
@@ -338,7 +348,27 @@ class PodRunner(threading.Thread):
         if rc is None:
             return
         code = _exit_code(rc)
-        self._terminated(c, code, "Completed" if code == 0 else "Error", "", now)
+        self._terminated(c, code, "Completed" if code == 0 else "Error", self._termination_message(c, code), now)
+
+    def _termination_file(self, c: Container) -> Path | None:
+        path = Path(c.spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH)
+        if not path.is_absolute() or ".." in path.parts:  # the API server refuses these; never leave the pod dir
+            return None
+        return self.dir / path.relative_to("/")
+
+    def _termination_message(self, c: Container, code: int) -> str:
+        """What the kubelet reports as the container's termination message once it has exited with `code`."""
+        message = b""
+        message_file = self._termination_file(c)
+        if message_file is not None:
+            with contextlib.suppress(OSError), open(message_file, "rb") as written:
+                message = written.read(MAX_TERMINATION_MESSAGE_BYTES)
+        fallback = c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        if not message.strip() and code != 0 and fallback:
+            with contextlib.suppress(OSError):
+                tail = (self.dir / "logs" / f"{c.name}.log").read_bytes()[-LOG_TAIL_BYTES:]
+                message = b"".join(tail.splitlines(keepends=True)[-LOG_TAIL_LINES:])
+        return message.decode("utf-8", "replace")
 
     def _probe(self, c: Container, now: float) -> None:
         if c.proc is None:

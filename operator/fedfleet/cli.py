@@ -5,6 +5,10 @@ Exit status: 0 success, 1 the job failed while running, 2 bad input (manifest, a
 (Degraded), 2 bad input, 3 stuck (still paused or progressing after --max-minutes of simulated time).
 Bad input is reported as one line naming the field and the rule, never as a traceback.
 
+`fedfleet aggregator` exits 0 when its job is complete, 2 when its configuration, job or state dir can never
+work (found before it serves anyone; with --termination-message the reason is also written to that file),
+1 when something else went wrong (restarted, it resumes from its checkpoint), 3 when stopped before the end.
+
 `fedfleet device-sim` exits 0 when every device heard the job is done; 2 when the aggregator refused devices
 for good (their tokens: --token-key or --job is not the aggregator's); 1 when devices gave up on an
 aggregator that answered nothing for --give-up-after, or failed otherwise; 130 when interrupted. It prints
@@ -119,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     agg = sub.add_parser("aggregator", help="run a job's aggregator: gRPC for devices, HTTP for /metrics")
     agg.add_argument("--config", type=Path, required=True, help="aggregator YAML (see examples/aggregator.yaml)")
     agg.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    agg.add_argument(
+        "--termination-message",
+        type=Path,
+        metavar="PATH",
+        help="on bad input (exit 2), also write the one-line reason here: the container's terminationMessagePath",
+    )
     agg.set_defaults(handler=_cmd_aggregator)
 
     gateway = sub.add_parser("gateway", help="run the fleet gateway: devices learn, fetch and report their model")
@@ -401,17 +411,34 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
     try:
         config, job = load_config(args.config)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return _refuse_input(str(exc), args.termination_message)
     _logging(args.log_level)
-    from fedfleet.aggregator.app import serve
+    from fedfleet.aggregator.app import BadInput, serve
     from fedfleet.persist.checkpoint import CheckpointError
     from fedfleet.runtime.threads import configure_torch_threads
 
     configure_torch_threads()
     try:
         return asyncio.run(serve(job, config))
+    except BadInput as exc:
+        return _refuse_input(str(exc), args.termination_message)
     except (CheckpointError, ValueError, OSError) as exc:
-        return _fail(str(exc))
+        # Not the input: it went wrong while the job ran. Restarted, the aggregator resumes from its checkpoint.
+        return _fail(str(exc), EXIT_FAILED)
+
+
+def _refuse_input(message: str, termination_message: Path | None) -> int:
+    """Exit 2 with the one-line reason, also written where the pod's terminationMessagePath points, so that
+    the operator can fail the job with it (see fedfleet.api.termination)."""
+    if termination_message is not None:
+        from fedfleet.api.pod_environment import under_root
+        from fedfleet.api.termination import write_message
+
+        try:
+            write_message(under_root(termination_message), message)
+        except OSError as exc:  # the log below still says why; the operator then shows its tail
+            print(f"fedfleet: cannot write {termination_message}: {exc.strerror or exc}", file=sys.stderr)
+    return _fail(message, EXIT_BAD_INPUT)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ CEL_CASES: dict[str, dict[str, Any]] = {
     "min-reports-within-cohort": {"cohort": {"clientsPerRound": 4, "minReports": 5}},
     "cohort-within-fleet": {"cohort": {"clientsPerRound": 7, "minReports": 3}},
     "federated-evaluation-within-fleet": {"evaluation": {"federatedEvery": 2, "federatedClients": 7}},
+    "test-split-within-dataset": {"simulation": {"testSamples": 1797}},  # the example's dataset is digits
     "krum-has-enough-reports": {"aggregation": {"strategy": "krum", "byzantineCount": 1}},
     "multi-krum-selects-from-reports": {
         "aggregation": {"strategy": "multiKrum", "multiKrumSelect": 6},

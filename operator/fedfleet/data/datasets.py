@@ -12,15 +12,16 @@ import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-DatasetName = Literal["mnist5k", "digits"]
-_T = TypeVar("_T", bound=np.generic)
+# Re-exported: callers that load data name datasets through this module.
+from fedfleet.data.catalog import DATASET_NAMES as DATASET_NAMES
+from fedfleet.data.catalog import DatasetName as DatasetName
 
-DATASET_NAMES: tuple[DatasetName, ...] = ("mnist5k", "digits")
+_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass(frozen=True, eq=False)

@@ -45,6 +45,7 @@ BREAKS: dict[str, dict[str, Any]] = {
         "evaluation": {"federatedEvery": 2, "federatedClients": 11},
         "simulation": {"devices": 10},
     },
+    "test-split-within-dataset": {"simulation": {"dataset": "digits", "testSamples": 1797}},
     "krum-has-enough-reports": {
         "aggregation": {"strategy": "krum", "byzantineCount": 2},
         "cohort": {"clientsPerRound": 6},

@@ -119,6 +119,10 @@ def test_configs_written_before_fleet_size_and_evaluation_still_load() -> None:
         ({"evaluation": {"dataset": "digits", "testSamples": -1}}, "evaluation.testSamples: must be at least 0"),
         ({"evaluation": {"dataset": "digits"}}, "evaluation.testSamples: required field is missing"),
         (
+            {"evaluation": {"dataset": "digits", "testSamples": 1797}},
+            "evaluation.testSamples: must be smaller than the 1797 examples of digits (got 1797)",
+        ),
+        (
             {"evaluation": {"dataset": "digits", "testSamples": 5, "test_samples": 5}},
             "evaluation.test_samples: unknown",
         ),

@@ -311,16 +311,89 @@ def test_a_crash_looping_aggregator_stalls_the_job(credentials: JobCredentials) 
             "ready": False,
             "restartCount": 3,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 2}},
+            "lastState": {"terminated": {"exitCode": 1}},
         }
     ]
     world.step(at(10))
     status, reason = world.cond(ConditionType.STALLED)
     assert (status, reason) == ("True", "CrashLoopBackOff")
     stalled = world.status.condition(ConditionType.STALLED)
-    assert stalled is not None and "exit code 2" in stalled.message
+    assert stalled is not None and "exit code 1" in stalled.message
     assert world.cond(ConditionType.READY)[0] == "False"
     assert ("Warning", "CrashLoopBackOff") in world.events
+
+
+REFUSAL = "privacy.differentialPrivacy.targetEpsilon: cannot be reached: no noise multiplier up to 10000 reaches it"
+
+
+def _aggregator_exited(world: World, code: int, message: str | None, restarted: bool) -> None:
+    """The aggregator container exited with `code`; `restarted`: the kubelet has already started it again."""
+    assert world.pod is not None
+    terminated: dict[str, Any] = {"exitCode": code, "reason": "Error"}
+    if message is not None:
+        terminated["message"] = message
+    if restarted:
+        state, last = {"running": {"startedAt": "2030-01-02T03:04:20Z"}}, {"terminated": terminated}
+    else:
+        state, last = {"terminated": terminated}, {}
+    world.pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    world.pod["status"]["containerStatuses"] = [
+        {"name": "aggregator", "ready": False, "restartCount": int(restarted), "state": state, "lastState": last}
+    ]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["just-exited", "already-restarted"])
+def test_bad_input_found_by_the_aggregator_fails_the_job_with_its_message(
+    credentials: JobCredentials, restarted: bool
+) -> None:
+    world = World(credentials)
+    world.step(at(0))
+    world.pod_runs(ready=False)
+    _aggregator_exited(world, 2, REFUSAL, restarted)
+    plan = world.step(at(5))
+    assert plan.delete_pod and not plan.create  # no restart loop until activeDeadlineSeconds
+    assert world.status.phase == "Failed" and world.status.endpoint is None
+    for kind in (ConditionType.FAILED, ConditionType.STALLED):
+        condition = world.status.condition(kind)
+        assert condition is not None and (condition.status, condition.reason) == ("True", "InvalidSpec")
+        assert condition.message == f"the aggregator refused its input: {REFUSAL}"
+    assert world.cond(ConditionType.COMPLETE)[0] == "False"
+    assert world.cond(ConditionType.READY)[0] == "False"
+    warnings = [e for e in plan.events if e.type == "Warning"]
+    assert [(e.reason, e.message) for e in warnings] == [
+        ("InvalidSpec", f"the aggregator refused its input: {REFUSAL}")
+    ]
+    # Terminal: nothing is created again, and the record stays as it is.
+    assert world.pod is None
+    later = world.step(at(60))
+    assert later.idle
+
+
+def test_bad_input_without_a_message_still_fails_the_job(credentials: JobCredentials) -> None:
+    world = running_world(credentials)
+    _aggregator_exited(world, 2, None, restarted=True)
+    world.step(at(10))
+    failed = world.status.condition(ConditionType.FAILED)
+    assert failed is not None and failed.reason == "InvalidSpec" and "its log says why" in failed.message
+
+
+@pytest.mark.parametrize("code", [1, 3, 137])
+def test_other_exits_restart_in_place_and_keep_the_job(credentials: JobCredentials, code: int) -> None:
+    world = running_world(credentials)
+    _aggregator_exited(world, code, "Traceback (most recent call last): ...", restarted=True)
+    plan = world.step(at(10))
+    assert not plan.delete_pod and world.status.phase == "Running"
+    assert world.cond(ConditionType.FAILED) == ("False", "AsExpected")
+
+
+def test_exit_2_of_an_outdated_pod_does_not_fail_the_new_spec(credentials: JobCredentials) -> None:
+    # The spec changed (a new port) while the old pod was refusing the old spec: the pod is replaced first.
+    world = running_world(credentials)
+    _aggregator_exited(world, 2, REFUSAL, restarted=True)
+    world.edit_spec(aggregator={"port": 6000, "httpPort": 6001})
+    plan = world.step(at(10))
+    assert plan.delete_pod and world.status.phase == "Running"
+    assert world.cond(ConditionType.FAILED)[0] == "False"
 
 
 def test_a_missing_secret_mount_stalls_the_job(credentials: JobCredentials) -> None:

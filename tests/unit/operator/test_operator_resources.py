@@ -15,9 +15,11 @@ from operator_jobs import job_body
 from fedfleet.api.aggregator_config import CLUSTER_ONLY_FIELDS, dump_config, load_config_job, parse_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.api.rules import DNS_1035_LABEL, MAX_LABEL_LENGTH, MAX_NAME_LENGTH
+from fedfleet.cli import build_parser
 from fedfleet.operator import naming
 from fedfleet.operator.config import GatewayLink, OperatorConfig
 from fedfleet.operator.resources import (
+    AGGREGATOR_CONTAINER,
     JobCredentials,
     aggregator_config,
     build_aggregator_pod,
@@ -176,10 +178,11 @@ def test_aggregator_pod_runs_the_aggregator_with_its_service_account() -> None:
     pod = build_aggregator_pod(body, _spec(body), CONFIG, "x")
     spec = pod["spec"]
     assert spec["serviceAccountName"] == "digits-aggregator"
-    assert spec["restartPolicy"] == "OnFailure"  # exit 0 = job complete; anything else restarts and resumes
+    assert spec["restartPolicy"] == "OnFailure"  # exit 0 = job complete; a crash restarts and resumes
     (main,) = spec["containers"]
     assert main["image"] == CONFIG.aggregator_image
-    assert main["args"] == ["aggregator", "--config", "etc/fedfleet/run/aggregator.yaml"] and main["workingDir"] == "/"
+    assert main["args"][:3] == ["aggregator", "--config", "etc/fedfleet/run/aggregator.yaml"]
+    assert main["workingDir"] == "/"
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["FEDFLEET_JOB_NAME"] == "digits" and env["FEDFLEET_JOB_NAMESPACE"] == "team-a"
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": 50051, "http": 9090}
@@ -189,6 +192,19 @@ def test_aggregator_pod_runs_the_aggregator_with_its_service_account() -> None:
     assert init["image"] == CONFIG.operator_image
     assert "--listen-host=$(POD_IP)" in init["args"]
     assert "digits-aggregator.team-a.svc" in init["args"]
+
+
+def test_the_aggregator_writes_its_refusal_where_the_kubelet_reads_it() -> None:
+    # Exit 2's reason reaches the job's condition only if the option and the container name the same file,
+    # and the kubelet falls back to the log's tail for a crash that wrote nothing.
+    body = job_body()
+    (main,) = build_aggregator_pod(body, _spec(body), CONFIG, "x")["spec"]["containers"]
+    assert main["name"] == AGGREGATOR_CONTAINER
+    assert main["terminationMessagePath"] == "/dev/termination-log"
+    assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    args = build_parser().parse_args(main["args"])
+    assert args.command == "aggregator"
+    assert args.termination_message == Path(main["terminationMessagePath"])
 
 
 def test_spec_image_ports_and_resources_reach_the_pod() -> None:

@@ -12,9 +12,9 @@ gives the plan that says so on the job instead: Stalled while a retry may succee
 
 The life of a job: Pending (children created, aggregator starting) → Running (aggregator ready) → Complete
 (the aggregator finished: all rounds, or it stopped early, e.g. PrivacyBudgetExhausted) or Failed
-(DeadlineExceeded, InvalidSpec, InvalidName, ChildInvalid). Suspended in between stops the aggregator pod;
-resuming recreates it and it continues from its checkpoint. Complete and Failed are terminal: nothing is
-created again afterwards.
+(DeadlineExceeded; InvalidSpec, from the models or from an aggregator that exited with bad input;
+InvalidName; ChildInvalid). Suspended in between stops the aggregator pod; resuming recreates it and it
+continues from its checkpoint. Complete and Failed are terminal: nothing is created again afterwards.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from typing import Any
 from fedfleet.api.aggregator_config import dump_config
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.api.status import NOT_PUBLISHED_MARK, Condition, ConditionType, FederatedJobStatus, Phase, Reason
+from fedfleet.api.termination import refused_input
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 from fedfleet.operator.job import InvalidSpec, JobRef
 from fedfleet.operator.reconcile.child_failure import ChildFailure
 from fedfleet.operator.reconcile.conditions import is_true, parse_rfc3339, rfc3339, set_condition
 from fedfleet.operator.resources import (
+    AGGREGATOR_CONTAINER,
     JobCredentials,
     aggregator_config,
     build_aggregator_pod,
@@ -117,6 +119,8 @@ class _Draft:
     def plan(self) -> Plan:
         self.events.extend(_transition_events(self.old.conditions, self.conditions))
         self.events.extend(_phase_events(self.old.phase, self.fields["phase"]))
+        # Failed and Stalled that turn True for the same reason would say the same thing twice.
+        self.events = list(dict.fromkeys(self.events))
         self.fields["conditions"] = [c.model_dump(by_alias=True, exclude_none=True) for c in self.conditions]
         return Plan(
             create=tuple(self.create),
@@ -330,6 +334,12 @@ def _ended_pod(draft: _Draft, pod: JSON | None) -> None:
         draft.fields["aggregatorPod"] = None
 
 
+def _invalid(draft: _Draft, message: str, stop: bool) -> None:
+    """Failed for input that can never work: Stalled too, which is how kstatus (Flux) reads a failure."""
+    _fail(draft, Reason.INVALID_SPEC, message, stop)
+    draft.cond(ConditionType.STALLED, True, Reason.INVALID_SPEC, message)
+
+
 def _init_terminal(draft: _Draft) -> None:
     """Complete and Failed are listed from the start (False), so clients can wait on them."""
     for kind in (ConditionType.COMPLETE, ConditionType.FAILED):
@@ -377,6 +387,12 @@ def _drive_pod(
         draft.fields["endpoint"] = None
         return
     status = pod.get("status", {})
+    refused = _refused_input(status)
+    if refused is not None:
+        # Exit 2: the aggregator found input that no restart fixes (api/termination.py); its pod would
+        # otherwise restart until the job's deadline.
+        _invalid(draft, f"the aggregator refused its input: {refused}", stop=True)
+        return
     phase = status.get("phase", "Pending")
     if phase == "Failed":
         draft.delete_pod = True
@@ -416,6 +432,14 @@ def _starting(draft: _Draft, reason: str, message: str) -> None:
     draft.cond(ConditionType.READY, False, reason, message)
     draft.cond(ConditionType.RUNNING, False, reason, message)
     draft.cond(ConditionType.STALLED, False, Reason.AS_EXPECTED)
+
+
+def _refused_input(status: JSON) -> str | None:
+    """The aggregator container's message when it exited with bad input; None otherwise."""
+    for container in status.get("containerStatuses") or []:
+        if isinstance(container, dict) and container.get("name") == AGGREGATOR_CONTAINER:
+            return refused_input(container)
+    return None
 
 
 def _stuck(status: JSON, max_restarts: int) -> tuple[str, str] | None:

@@ -9,8 +9,12 @@
   operator knows a fleet gateway, the job's gateway Secret (its CA and publish token) is mounted read-only, and
   the aggregator publishes the final model there when the job completes.
 
-`restartPolicy: OnFailure`: the aggregator exits 0 once the job is complete (the pod then Succeeds); any other
-exit restarts it in place, and it resumes from its checkpoint. The configuration path is relative to
+`restartPolicy: OnFailure`: the aggregator exits 0 once the job is complete (the pod then Succeeds); a crash
+restarts it in place, and it resumes from its checkpoint. Exit 2 is bad input, which no restart fixes: the
+aggregator writes its one-line reason to the container's termination message file, and the operator, which
+sees the exit code in the pod's status, fails the job with that reason and deletes the pod
+(fedfleet.api.termination): restart rules by exit code are not in every Kubernetes version, so the operator
+decides. The configuration path is relative to
 `workingDir: /` so the same pod works in a container (cwd /) and on the local node agent (cwd = the pod's
 directory, under which it places every mountPath).
 """
@@ -21,13 +25,15 @@ import hashlib
 import json
 from typing import Any
 
-from fedfleet.api import pod_environment
+from fedfleet.api import pod_environment, termination
 from fedfleet.api.federatedjob import FederatedJobSpec
 from fedfleet.api.pod_environment import JobEnvironment
 from fedfleet.operator import naming
 from fedfleet.operator.config import OperatorConfig
 
 TERMINATION_GRACE_SECONDS = 30
+#: The container that runs `fedfleet aggregator`: the one whose exit code the operator reads.
+AGGREGATOR_CONTAINER = "aggregator"
 
 
 def _resources(spec: FederatedJobSpec) -> dict[str, Any]:
@@ -102,10 +108,18 @@ def _pod_spec(job: dict[str, Any], spec: FederatedJobSpec, config: OperatorConfi
         ],
     }
     aggregator: dict[str, Any] = {
-        "name": "aggregator",
+        "name": AGGREGATOR_CONTAINER,
         "image": spec.aggregator.image or config.aggregator_image,
-        "args": ["aggregator", "--config", f"{naming.RUN_DIR.lstrip('/')}/{naming.CONFIG_FILE}"],
+        "args": [
+            "aggregator",
+            "--config",
+            f"{naming.RUN_DIR.lstrip('/')}/{naming.CONFIG_FILE}",
+            "--termination-message",
+            termination.MESSAGE_PATH,
+        ],
         "workingDir": "/",
+        "terminationMessagePath": termination.MESSAGE_PATH,
+        "terminationMessagePolicy": termination.MESSAGE_POLICY,
         "env": [
             pod_environment.pod_ip_env(),
             *JobEnvironment(meta["name"], meta["namespace"]).container_env(),

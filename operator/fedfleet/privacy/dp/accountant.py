@@ -328,4 +328,12 @@ def resolve_noise_multiplier(
         return float(dp.noise_multiplier)
     if dp.target_epsilon is None:
         raise ValueError("privacy.differentialPrivacy: set noiseMultiplier, or targetEpsilon to calibrate it from")
-    return calibrate_noise_multiplier(dp.target_epsilon, sampling_rate, rounds, dp.delta, method)
+    try:
+        return calibrate_noise_multiplier(dp.target_epsilon, sampling_rate, rounds, dp.delta, method)
+    except ValueError as exc:
+        # Whether a target can be reached takes the accountant to find out, which no CEL rule can run: name the
+        # field here, where the job's aggregator (or `fedfleet run`) finds out.
+        raise ValueError(
+            f"privacy.differentialPrivacy.targetEpsilon: cannot be reached: {exc}; raise it, or run fewer rounds "
+            "or invite fewer devices per round"
+        ) from None

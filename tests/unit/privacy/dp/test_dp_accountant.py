@@ -152,6 +152,16 @@ def test_resolve_noise_multiplier_uses_the_explicit_value_or_calibrates() -> Non
     assert epsilon_spent(z, 0.05, 100, 1e-6) == pytest.approx(3.0, rel=0.01)
 
 
+def test_an_unreachable_target_epsilon_is_named() -> None:
+    # The aggregator finds this only when it plans the job's noise; its message is what the operator shows.
+    tiny = DifferentialPrivacySpec(mode="central", target_epsilon=1e-4)
+    with pytest.raises(ValueError) as caught:
+        resolve_noise_multiplier(tiny, 4 / 6, 3)
+    message = str(caught.value)
+    assert message.startswith("privacy.differentialPrivacy.targetEpsilon: cannot be reached: no noise multiplier")
+    assert "ε = 0.0001 over 3 rounds" in message
+
+
 def test_sampling_rate_is_invited_over_fleet_capped_at_one() -> None:
     assert sampling_rate(30, 1000) == pytest.approx(0.03)
     assert sampling_rate(30, 20) == 1.0
