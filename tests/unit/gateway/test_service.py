@@ -30,6 +30,11 @@ from gateway_support import (
 Code = grpc.StatusCode
 
 
+def _one_character_off(secret: str) -> str:
+    """The secret with its last hex digit changed (to another one: a secret may end in any digit)."""
+    return secret[:-1] + ("1" if secret.endswith("0") else "0")
+
+
 async def refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
@@ -111,7 +116,7 @@ def test_credentials_are_refused_by_what_is_wrong_with_them(tmp_path: Path) -> N
             summary = pb.GetFleetSummaryRequest(fleet=FLEET)
             for metadata, reason in (
                 ((), "token_missing"),
-                (bearer(live.admin_secret[:-1] + "0"), "admin_token_invalid"),
+                (bearer(_one_character_off(live.admin_secret)), "admin_token_invalid"),
                 (live.device_metadata("d"), "admin_token_invalid"),
             ):
                 assert await refusal(admin.GetFleetSummary(summary, metadata=metadata)) == (
@@ -312,8 +317,7 @@ def test_the_publish_token_publishes_and_may_not_touch_a_fleet(tmp_path: Path) -
             assert (await publish(admin, v2, live.admin_metadata())).digest == digest_of(v2)
 
             # A token that is neither is not a caller at all, whichever call it tries.
-            last = "1" if live.publish_secret.endswith("0") else "0"
-            near = (("authorization", f"Bearer {live.publish_secret[:-1]}{last}"),)  # one character off
+            near = (("authorization", f"Bearer {_one_character_off(live.publish_secret)}"),)
             assert await refusal(publish(admin, v1, near)) == (Code.UNAUTHENTICATED, "admin_token_invalid")
             assert await refusal(admin.PutFleetView(rewrite, metadata=near)) == (
                 Code.UNAUTHENTICATED,
