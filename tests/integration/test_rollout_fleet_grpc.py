@@ -81,13 +81,25 @@ def expected(g: Gateway, fleet: RolloutFleet) -> Counter[str | None]:
     return Counter(assign(snapshot.view, d.device_id, d.attributes).version for d in fleet.devices)
 
 
+def _laggards(fleet: RolloutFleet) -> str:
+    """Devices not running what they were last offered, with what they went through: why they lag."""
+    lagging = {
+        i: (u.assigned.version[:14] if u.assigned else None, u.running_version and u.running_version[:14], u.stats)
+        for i, u in fleet.updaters.items()
+        if u.assigned is None or u.running_version != u.assigned.version
+    }
+    return f"devices behind their offer: {lagging}; errors: {fleet.errors}"
+
+
 async def converged(fleet: RolloutFleet, want: Counter[str | None], seconds: float, what: str) -> float:
     """Wait until the devices run `want`; returns how long it took. `seconds` is a safety net scaled to the
     machine's speed, never the figure under test."""
     started = time.monotonic()
     while fleet.running_versions() != want:
         if time.monotonic() - started > seconds:
-            raise AssertionError(f"never converged: {what}: {dict(fleet.running_versions())} != {dict(want)}")
+            raise AssertionError(
+                f"never converged: {what}: {dict(fleet.running_versions())} != {dict(want)}; {_laggards(fleet)}"
+            )
         await asyncio.sleep(0.02)
     return time.monotonic() - started
 

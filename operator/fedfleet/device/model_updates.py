@@ -298,9 +298,11 @@ class ModelUpdater:
                 if applying is not None and applying.done():
                     applying.result()  # a LinkError ends this connection
                     applying = None
-                    if deferred is not None:
+                    # The offer that waited for it goes next, unless a newer one arrived meanwhile (in the inbox,
+                    # or just received): queued behind it, the older one would be taken as the newest.
+                    if deferred is not None and receiving not in done and inbox.empty():
                         inbox.put_nowait(deferred)
-                        deferred = None
+                    deferred = None
                 for task in (listening, checking):
                     if task in done:
                         task.result()  # a LinkError ends this connection

@@ -55,6 +55,7 @@ class FakeLink:
         self.failing_reports = 0  # report calls that fail as a lost connection would
         self.throttled_reports = 0  # report calls refused as too early after the last one
         self.refusing = False  # every call refused for good (an expired token)
+        self.report_gate: asyncio.Event | None = None  # when set: report calls wait until it is set
         self._watchers: list[asyncio.Queue[ModelOffer | None]] = []
 
     def assign(self, offer: ModelOffer | None) -> None:
@@ -93,6 +94,8 @@ class FakeLink:
             raise LinkError("UNAVAILABLE: connection reset", transient=True)
 
     async def report_health(self, report: HealthReport, attributes: Mapping[str, str]) -> None:
+        if self.report_gate is not None:
+            await self.report_gate.wait()
         if self.failing_reports > 0:
             self.failing_reports -= 1
             raise LinkError("UNAVAILABLE: connection reset", transient=True)
@@ -376,6 +379,34 @@ async def test_the_device_follows_its_assignment_and_the_newest_one_wins_over_a_
         await until(lambda: updater.running_version == candidate.version, "the device runs the candidate")
         assert link.downloads[-1] == (candidate.version, 2000)
         assert updater.stats.activations == 2  # stable, then the candidate: never the candidate in between
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, PATIENCE)
+
+
+@run_async
+async def test_a_new_version_arriving_as_a_report_on_the_old_one_ends_is_not_lost(
+    key: SigningKey, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A newer offer of the running version waits for the report in flight; if another version is assigned in
+    the same moment that report ends, the waiting offer is older than it and must not win (it once did: the
+    device stayed on the old version until its next check-in)."""
+    stable_data, candidate_data = artifact_bytes(seed=1), artifact_bytes(seed=2)
+    stable, candidate = offer_for(stable_data, key, role="stable"), offer_for(candidate_data, key)
+    link = FakeLink({stable.version: stable_data, candidate.version: candidate_data})
+    link.report_gate = asyncio.Event()
+    link.assign(stable)
+    updater = updater_for(link, key, held_out)
+    stop = asyncio.Event()
+    running = asyncio.create_task(updater.run(stop))
+    try:
+        await until(lambda: updater.running_version == stable.version, "the device runs stable")
+        link.assign(replace(stable, generation=2))  # a new view, the same version: it waits for the report
+        await until(lambda: updater.assigned is not None and updater.assigned.generation == 2, "the new view heard")
+        link.report_gate.set()  # the report in flight ends...
+        link.assign(candidate)  # ...as the candidate is assigned
+        await until(lambda: updater.running_version == candidate.version, "the device runs the candidate")
+        assert updater.assigned is not None and updater.assigned.version == candidate.version
     finally:
         stop.set()
         await asyncio.wait_for(running, PATIENCE)
