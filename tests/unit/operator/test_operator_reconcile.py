@@ -363,10 +363,13 @@ def test_bad_input_found_by_the_aggregator_fails_the_job_with_its_message(
     assert [(e.reason, e.message) for e in warnings] == [
         ("InvalidSpec", f"the aggregator refused its input: {REFUSAL}")
     ]
-    # Terminal: nothing is created again, and the record stays as it is.
+    # Terminal: nothing is created again. The deleted pod's record goes (it was Running when it went: no stale
+    # Running stays behind), and from then on the job rests.
     assert world.pod is None
     later = world.step(at(60))
-    assert later.idle
+    assert not later.create and not later.update and not later.delete_pod and not later.events
+    assert world.status.aggregator_pod is None
+    assert world.step(at(120)).idle
 
 
 def test_bad_input_without_a_message_still_fails_the_job(credentials: JobCredentials) -> None:
