@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY_PATHS := $(wildcard operator tests benchmarks e2e)
 
 .PHONY: venv demo test lint typecheck importlint unit e2e crds bench clean cluster-build cluster-up cluster-down \
-	prometheus-build
+	prometheus-build argocd-health gitops-examples
 
 venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml .ci/venv.sh
@@ -95,6 +95,16 @@ crds: venv
 
 proto: venv
 	$(PY) -m fedfleet.proto.generate
+
+# Argo CD health checks: the argocd-cm entries users merge, rendered from charts/fedfleet/files/argocd/*/health.lua.
+argocd-health: venv
+	$(PY) charts/render_argocd_health.py > examples/gitops/argocd-cm-health.yaml.tmp \
+	  && mv examples/gitops/argocd-cm-health.yaml.tmp examples/gitops/argocd-cm-health.yaml
+
+# examples/gitops holds copies of the cluster examples: kustomize refuses files outside a kustomization's folder.
+gitops-examples: argocd-health
+	cp examples/federatedjob-cluster.yaml examples/gitops/federatedjob.yaml
+	cp examples/rollout-cluster.yaml examples/gitops/modelrollout.yaml
 
 bench-operator: venv cluster-build
 	$(PY) benchmarks/bench_operator_apply_to_running.py
