@@ -20,6 +20,7 @@ never succeed, with the API's message, and a Warning Event. A stalled job is ret
 Persistence choices (kopf `settings.persistence`):
 * handler progress and the last-handled spec go into annotations under `fedfleet.io/` — not into `status`,
   whose schema is structural and owned by the operator and the aggregator;
+* the last-handled configuration (kopf's diff base) leaves the object's annotations out (`diffbase_storage`);
 * the finalizer `fedfleet.io/finalizer` is kopf's (timers need one to be stopped cleanly). It does not
   guard any cleanup: children carry owner references and garbage collection removes them. If the operator
   is down, a deleted job waits for it; remove the finalizer by hand to delete it anyway.
@@ -98,11 +99,23 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = CONNECT_TIMEOUT
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = diffbase_storage()
     # Our Events say what happened to a job; kopf's own would repeat each handler run.
     settings.posting.level = logging.WARNING
+
+
+def diffbase_storage() -> kopf.DiffBaseStorage:
+    """Where kopf keeps what it last handled of an object, to tell a change from a mere re-read: the spec and
+    the labels, without the annotations.
+
+    kopf copies the annotations into its own by default, so a big user annotation (140 KB) counted twice and
+    pushed the object past the API server's 256 KiB limit on all annotations together: every patch was then
+    refused (422) and a deletion hung on the finalizer. No handler needs them: a job reacts to its `spec`
+    only, and a rollout's action annotation is under `fedfleet.io/`, which kopf leaves out of the diff base
+    anyway (it is the prefix of its own annotations); each reconciliation reads the action afresh."""
+    return kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration", ignored_fields=["metadata.annotations"]
+    )
 
 
 @kopf.on.startup()

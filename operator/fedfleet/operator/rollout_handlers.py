@@ -1,8 +1,9 @@
 """kopf handlers for ModelRollout: thin, every one of them ends in `RolloutController.reconcile`.
 
-A rollout is reconciled when it is created or changed (spec, or the action annotation `kubectl fedfleet`
-writes), when the operator (re)starts, and every `rollout_seconds` by a daemon: steps with durations and
-analysis intervals move on that tick. Its state is all in its status, so the trigger carries nothing and a
+A rollout is reconciled when it is created or changed (spec or labels: kopf's diff base leaves annotations
+out, see `handlers.diffbase_storage`), when the operator (re)starts, and every `rollout_seconds` by a daemon:
+steps with durations and analysis intervals move on that tick, and so does an action annotation `kubectl
+fedfleet` writes. Its state is all in its status, so the trigger carries nothing and a
 restarted operator continues at the same step. Deleting a rollout takes its entry out of the fleet's view:
 its devices go back to the fleet's stable version.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import kopf_diffbase
 import pytest
 import yaml
 from cryptography import x509
@@ -309,3 +311,39 @@ def test_a_childs_name_taken_by_another_owner_stalls_the_job_saying_so() -> None
         assert stalled[2].startswith("reading Service digits-aggregator: it exists but does not belong to this job")
 
     _on_fake_kube(scenario)
+
+
+def _with_annotation(body: dict[str, Any], key: str, value: str) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    body["metadata"].setdefault("annotations", {})[key] = value
+    return body
+
+
+def test_the_startup_keeps_annotations_out_of_kopfs_diff_base(kubeconfig: Path, clean_environment: None) -> None:
+    memo = handlers.operator_memo(OperatorConfig(kubeconfig=kubeconfig), OperatorMetrics(CollectorRegistry()))
+    settings = _start(memo)
+    big = _with_annotation(job_body(), "example.com/notes", "x" * 140_000)
+    assert "annotations" not in kopf_diffbase.essence(settings, big).get("metadata", {})
+    assert kopf_diffbase.essence(settings, big)["spec"] == big["spec"]
+
+
+def test_a_140_kb_annotation_leaves_the_handled_job_within_the_api_servers_annotation_limit() -> None:
+    settings = kopf_diffbase.operator_settings()
+    big = _with_annotation(job_body(), "example.com/notes", "x" * 140_000)
+    stored = kopf_diffbase.handled(settings, big)
+    # Copied into the diff base, the annotation counted twice: 280 KB, refused (422) on every later patch.
+    assert kopf_diffbase.annotations_size(stored) < kopf_diffbase.ANNOTATIONS_LIMIT
+    assert kopf_diffbase.annotations_size(stored) - kopf_diffbase.annotations_size(big) < 2_000
+
+
+def test_the_job_diff_base_still_tells_a_spec_change_and_ignores_annotations_and_its_own_record() -> None:
+    settings = kopf_diffbase.operator_settings()
+    stored = kopf_diffbase.handled(settings, _with_annotation(job_body(), "example.com/notes", "first"))
+    base = kopf_diffbase.stored_diffbase(settings, stored)
+    # Re-read as it is (kopf's own annotations now on it) or re-annotated: nothing to handle.
+    assert kopf_diffbase.essence(settings, stored) == base
+    assert kopf_diffbase.essence(settings, _with_annotation(stored, "example.com/notes", "second")) == base
+    changed = copy.deepcopy(stored)
+    changed["spec"]["rounds"] = 4
+    assert kopf_diffbase.essence(settings, changed) != base
+    assert kopf_diffbase.essence(settings, changed)["spec"]["rounds"] == 4 and base["spec"]["rounds"] == 3
