@@ -156,6 +156,12 @@ class ModelRolloutStatus(StatusModel):
     step_run: int | None = Field(None, ge=0, description="The id of the current analysis step's run.")
     background_run: int | None = Field(None, ge=0, description="The id of the current background analysis run.")
     # --- written by the controller ---------------------------------------------------------------------
+    stable_published: int | None = Field(
+        None,
+        ge=0,
+        description="The revision whose completion made its version the fleet's stable one, once the fleet's view "
+        "says so: a finished rollout sets the fleet's stable version once, never again over a newer rollout's.",
+    )
     release: dict[str, Any] | None = Field(
         None,
         description="The signed release record of the candidate (rollout, version, digest, size, signature, ...).",

@@ -166,7 +166,14 @@ class RolloutController:
             patch["devices"] = devices
         await self.api.patch_status(namespace, name, patch)
 
-        await self._write_view(namespace, name, spec, new_state, view, releases, trusted, signed, fleet_cm)
+        # A finished rollout makes its version the fleet's stable one once: re-asserted on every reconciliation,
+        # an older finished rollout would take the fleet back from a newer one's version.
+        publish_stable = new_state.phase == RolloutPhase.HEALTHY and status.stable_published != new_state.revision
+        await self._write_view(
+            namespace, name, spec, new_state, view, releases, trusted, signed, fleet_cm, publish_stable
+        )
+        if publish_stable:
+            await self.api.patch_status(namespace, name, {"stablePublished": new_state.revision})
         await self._announce(rollout, decision)
         self.metrics.observe(namespace, name, new_state.phase, new_state.step_index, new_state.weight)
 
@@ -333,9 +340,10 @@ class RolloutController:
         trusted: list[str],
         signed: Any,
         fleet_cm: JSON | None,
+        publish_stable: bool,
     ) -> None:
         entry = plan.rollout_view(namespace, name, spec, state, view.stable if view else None)
-        new_stable = state.stable if state.phase == RolloutPhase.HEALTHY else None
+        new_stable = state.stable if publish_stable else None
         merged = plan.merge_view(view, spec.fleet, plan.view_entry_name(namespace, name), entry, new_stable)
         new_releases = plan.merge_releases(releases, merged, signed)
         old_keys = (fleet_cm or {}).get("data", {}).get(plan.TRUSTED_KEYS_KEY, "")

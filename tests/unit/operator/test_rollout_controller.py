@@ -224,6 +224,28 @@ def test_passing_analysis_steps_to_healthy_and_the_candidate_becomes_stable(worl
     assert ("Normal", "RolloutCompleted") in api.events
 
 
+def test_a_finished_rollout_sets_the_stable_version_once_never_over_a_newer_one(world: Any) -> None:
+    api, prometheus, clock, _ = world
+    publish(api)
+    for _ in range(30):
+        run(api, prometheus, clock, 1)
+        if api.rollout["status"]["phase"] == "Healthy":
+            break
+    assert api.view().stable == CANDIDATE
+    assert api.rollout["status"]["stablePublished"] == api.rollout["status"]["revision"]
+    # A newer rollout finishes and makes its own version the fleet's stable one...
+    newer = "sha256:" + "c" * 64
+    name = plan.fleet_configmap_name("default")
+    held = api.configmaps[name]
+    view = api.view()
+    replaced = FleetView(fleet="default", stable=newer, rollouts=view.rollouts, generation=view.generation + 1)
+    body = plan.fleet_configmap(FLEET_NS, "default", replaced, {}, [], held["metadata"]["resourceVersion"])
+    asyncio.run(api.put_configmap(FLEET_NS, body))
+    # ...and this older finished rollout, reconciled again (a resync, an operator restart), leaves it be.
+    run(api, prometheus, clock, 3)
+    assert api.view().stable == newer
+
+
 def test_while_stepping_the_view_holds_exactly_the_weight_and_a_release_for_the_candidate(world: Any) -> None:
     api, prometheus, clock, _ = world
     publish(api)
