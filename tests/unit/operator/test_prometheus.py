@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 from aiohttp import web
+from prometheus_stub import serving
 
 from fedfleet.operator.prometheus import (
     MAX_RESPONSE_BYTES,
@@ -67,12 +67,6 @@ def test_anything_but_one_value_is_an_error_with_a_reason(status: int, body: byt
     assert caught.value.problem is problem
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_client_queries_over_http_and_bounds_the_answer() -> None:
     async def scenario() -> None:
         seen: list[str] = []
@@ -85,23 +79,15 @@ def test_client_queries_over_http_and_bounds_the_answer() -> None:
                 return web.Response(body=b" " * (MAX_RESPONSE_BYTES + 10))
             return web.Response(body=_vector("0.5"))
 
-        app = web.Application()
-        app.router.add_post("/api/v1/query", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            client = PrometheusClient(f"http://127.0.0.1:{port}/")
+        async with serving(handle) as address:
+            client = PrometheusClient(f"{address}/")
             assert await client.query('sum(x{version="a"})') == 0.5
             assert seen == ['sum(x{version="a"})']
             with pytest.raises(PrometheusError) as caught:
                 await client.query("huge")
             assert caught.value.problem is QueryProblem.NOT_A_SCALAR
-        finally:
-            await runner.cleanup()
-        with pytest.raises(PrometheusError) as unreachable:
-            await PrometheusClient(f"http://127.0.0.1:{port}").query("up")
+        with pytest.raises(PrometheusError) as unreachable:  # the same address, its server gone
+            await PrometheusClient(address).query("up")
         assert unreachable.value.problem is QueryProblem.UNREACHABLE
 
     asyncio.run(scenario())

@@ -4,11 +4,11 @@ a query that parses is remembered, and an unreachable Prometheus proves nothing 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_stub import serving
 
 from fedfleet.operator.query_syntax import QuerySyntax
 
@@ -32,24 +32,10 @@ class SyntaxOnlyPrometheus:
         return web.json_response({"status": "success", "data": {"resultType": kind, "result": []}})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve(prometheus: SyntaxOnlyPrometheus, scenario: Callable[[str], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        app = web.Application()
-        app.router.add_post("/api/v1/query", prometheus.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            return await scenario(f"http://127.0.0.1:{port}")
-        finally:
-            await runner.cleanup()
+        async with serving(prometheus.handle) as address:
+            return await scenario(address)
 
     return asyncio.run(main())
 
@@ -82,7 +68,7 @@ def test_a_query_that_parses_is_asked_once() -> None:
 
 def test_an_unreachable_prometheus_proves_nothing_and_is_asked_again() -> None:
     syntax = QuerySyntax()
-    nowhere = f"http://127.0.0.1:{_free_port()}"
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing listens there
     templates = [(FIELD, "avg(acc")]
     assert asyncio.run(syntax.first_unparsable(nowhere, templates)) is None
     # Once it answers, the same template is checked (it was not remembered as fine).

@@ -12,13 +12,13 @@ import base64
 import copy
 import json
 import re
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_stub import serving
 
 from fedfleet.models.artifact import SignedRelease
 from fedfleet.operator.k8s import ApiError
@@ -145,12 +145,6 @@ class FakePrometheus:
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -171,20 +165,12 @@ def world() -> Iterator[tuple[MemoryApi, FakePrometheus, Clock, str]]:
 
 def run(api: MemoryApi, prometheus: FakePrometheus, clock: Clock, ticks: int, *, every: float = 2.0) -> None:
     async def scenario() -> None:
-        app = web.Application()
-        app.router.add_post("/api/v1/query", prometheus.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        settings = RolloutSettings(FLEET_NS, f"http://127.0.0.1:{port}")
-        controller = RolloutController(api, settings, RolloutMetrics(CollectorRegistry()), clock=clock)  # type: ignore[arg-type]
-        try:
+        async with serving(prometheus.handle) as address:
+            settings = RolloutSettings(FLEET_NS, address)
+            controller = RolloutController(api, settings, RolloutMetrics(CollectorRegistry()), clock=clock)  # type: ignore[arg-type]
             for _ in range(ticks):
                 await controller.reconcile("ml", "mnist")
                 clock.now += every
-        finally:
-            await runner.cleanup()
 
     asyncio.run(scenario())
 
